@@ -1,0 +1,1 @@
+"""Built-in detectors: synchronous state machines over events."""

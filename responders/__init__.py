@@ -1,0 +1,1 @@
+"""Built-in responders: log, alert, and Incus pause/kill."""

@@ -1,0 +1,1 @@
+"""Sigma rule engine and coi-watch's own rule packs (rules/packs/)."""

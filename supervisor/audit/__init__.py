@@ -1,0 +1,1 @@
+"""Hash-chained JSONL audit log: writing, verifying, reading and redaction."""

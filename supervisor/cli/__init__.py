@@ -1,0 +1,1 @@
+"""The ``coi-watch`` command line (typer)."""

@@ -1,0 +1,1 @@
+"""Async event sources: each reads one kernel interface and publishes events to the bus."""

@@ -1,0 +1,1 @@
+"""Sans-I/O parsers of kernel wire formats; their only exception is WireError."""
