@@ -190,36 +190,49 @@ incus_answers() {
     [[ -S "$INCUS_SOCKET" ]] && timeout 10 incus query /1.0 >/dev/null 2>&1
 }
 
+spawn_incusd() {
+    log "starting incusd (log: $INCUSD_LOG)"
+    # Detach fully: new session, cwd /, every inherited fd > 2 closed (fd 9 =
+    # our lock, plus whatever CI passed in), stdin /dev/null, stdout/stderr to
+    # the log. The daemon outlives this script and never holds a caller's pipe.
+    (
+        cd /
+        for fdpath in /proc/self/fd/*; do
+            fd="${fdpath##*/}"
+            if [[ "$fd" =~ ^[0-9]+$ && "$fd" -gt 2 ]]; then
+                eval "exec ${fd}>&-" 2>/dev/null || true
+            fi
+        done
+        exec setsid "$INCUSD" --group root </dev/null >"$INCUSD_LOG" 2>&1
+    ) </dev/null >/dev/null 2>&1 &
+}
+
 start_incusd() {
     STEP="start incusd"
-    if incus_answers; then
-        log "incusd already answering on $INCUS_SOCKET"
-        return
-    fi
-    if pgrep -x incusd >/dev/null 2>&1; then
-        log "incusd process exists but socket not answering yet; waiting"
-    else
-        log "starting incusd (log: $INCUSD_LOG)"
-        # Detach fully: new session, cwd /, all inherited fds closed (fd 9 = our
-        # lock, and whatever CI passed in), std fds to /dev/null and the log,
-        # so the daemon outlives this script and never holds a caller's pipe.
-        (
-            cd /
-            for fdpath in /proc/self/fd/*; do
-                fd="${fdpath##*/}"
-                if [[ "$fd" =~ ^[0-9]+$ && "$fd" -gt 2 ]]; then
-                    eval "exec ${fd}>&-" 2>/dev/null || true
-                fi
-            done
-            exec setsid "$INCUSD" --group root </dev/null >>"$INCUSD_LOG" 2>&1
-        ) </dev/null >/dev/null 2>&1 &
-    fi
-    if ! incus admin waitready --timeout 60 </dev/null; then
-        echo "---- last lines of $INCUSD_LOG ----" >&2
-        tail -n 30 "$INCUSD_LOG" >&2 || true
-        die "incusd did not become ready within 60 s"
-    fi
-    incus_answers || die "incusd ready but $INCUS_SOCKET does not answer"
+    local started=0 deadline=$((SECONDS + 90))
+    while ! incus_answers; do
+        if ! pgrep -x incusd >/dev/null 2>&1; then
+            # No daemon (or a previous one just finished shutting down).
+            if [[ $started -eq 1 ]]; then
+                echo "---- last lines of $INCUSD_LOG ----" >&2
+                tail -n 30 "$INCUSD_LOG" >&2 || true
+                die "incusd exited right after start"
+            fi
+            spawn_incusd
+            started=1
+            if ! incus admin waitready --timeout 60 </dev/null; then
+                echo "---- last lines of $INCUSD_LOG ----" >&2
+                tail -n 30 "$INCUSD_LOG" >&2 || true
+                die "incusd did not become ready within 60 s"
+            fi
+            continue
+        fi
+        # An incusd process exists but does not answer: it is starting up or
+        # shutting down. Wait for either outcome.
+        [[ $SECONDS -lt $deadline ]] || die "an incusd process exists but $INCUS_SOCKET does not answer (90 s)"
+        sleep 0.5
+    done
+    if [[ $started -eq 0 ]]; then log "incusd answering on $INCUS_SOCKET"; fi
 }
 
 # --------------------------------------------------------------------------
@@ -304,13 +317,12 @@ EOF
     : >"$rootfs/etc/resolv.conf"
     printf 'export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n' >"$rootfs/etc/profile"
     # Incus/LXC already mounts /proc and /sys; mount them only if missing.
-    # busybox init stays PID 1 and keeps running; the respawned sleep keeps one
-    # ordinary process alive. SIGPWR (incus stop without --force) is handled by
-    # busybox init as poweroff, running the ::shutdown entries.
+    # busybox init stays PID 1; the respawned sleep keeps one ordinary process
+    # alive. A graceful `incus stop` (SIGPWR) works: busybox init TERMs/KILLs
+    # everything and exits (~3 s); `incus stop --force` takes ~0.6 s.
     cat >"$rootfs/etc/inittab" <<'EOF'
 ::sysinit:/bin/sh -c 'mountpoint -q /proc || mount -t proc proc /proc; mountpoint -q /sys || mount -t sysfs sysfs /sys; mkdir -p /run /tmp; true'
 ::respawn:/bin/sleep 2147483647
-::shutdown:/bin/sh -c 'kill -TERM -1; sleep 0.2; true'
 EOF
 
     cat >"$WORKDIR/metadata.yaml" <<EOF
