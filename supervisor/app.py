@@ -1,0 +1,336 @@
+"""The supervisor: sources -> bus -> runner (detectors) -> policy (responders) -> audit.
+
+Strategy: one :class:`asyncio.TaskGroup` holds every long-lived task (each source, the
+runner, the audit flusher, the drop reporter and the Incus lifecycle follower), so a crash
+of any of them cancels the rest and surfaces, instead of leaving a half-blind supervisor
+running. Detector errors are the exception: the runner isolates them (audited, detector
+restarted).
+
+Which containers are watched: the names given, or, with none, every running instance whose
+name matches the pattern (default ``coi-*``). While following Incus lifecycle events
+(``GET /1.0/events?type=lifecycle``), instances that start and match are supervised at once,
+and instances that stop or are deleted are released (their audit file closed and their
+policy state dropped). Sources ask :meth:`Supervisor.watched` before enriching an event,
+so nothing of other containers (or the host) is read or written.
+
+Shutdown (SIGINT/SIGTERM): sources are cancelled first, the bus is closed and drained
+through the detectors, in-flight responses finish, lost-event counters are written, and
+the audit log is flushed and fsynced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from coi_watch import registry
+from coi_watch.audit import AuditLog, Redactor
+from coi_watch.bus import Bus
+from coi_watch.config import Config
+from coi_watch.errors import ConfigError, IncusError, IncusUnavailable, SourceError
+from coi_watch.events import Event
+from coi_watch.incus import IncusClient
+from coi_watch.policy import ResponsePolicy
+from coi_watch.protocols import Responder, Source, SourceContext
+from coi_watch.runner import Runner
+from coi_watch.verdicts import Action, ActionRecord, Verdict
+
+__all__ = ("Supervisor", "SupervisorOptions")
+
+Printer = Callable[[Verdict | ActionRecord | str], None]
+
+
+@dataclass(slots=True)
+class SupervisorOptions:
+    """What ``coi-watch watch`` asked for, beyond the config file."""
+
+    names: tuple[str, ...] = ()
+    monitor_only: bool = False
+    follow: bool = True
+    extra_detectors: Mapping[str, Callable[[], Any]] = field(default_factory=dict)
+
+
+class Supervisor:
+    """Runs the whole pipeline for a set of containers until stopped."""
+
+    def __init__(
+        self,
+        config: Config,
+        options: SupervisorOptions,
+        *,
+        client: IncusClient,
+        audit: AuditLog | None = None,
+        printer: Printer | None = None,
+    ) -> None:
+        self.config = config
+        self.options = options
+        self.client = client
+        self.audit = audit or AuditLog(
+            config.audit_dir,
+            redactor=Redactor.default().extended(config.get("audit.redact_patterns", [])),
+            fsync=config.get("audit.fsync", True),
+        )
+        self.print = printer or (lambda _x: None)
+        self.bus = Bus(config.get("watch.queue_size"))
+        self._watched: set[str] = set()
+        self._pattern: str = config.get("watch.pattern")
+        self._stop = asyncio.Event()
+        self._audit_events = config.get("audit.events") == "all"
+        self.monitor_only: bool = options.monitor_only or config.get("response.monitor_only")
+        self.runner = Runner(self._detector_factories(), on_error=self._detector_error,
+                             warn=lambda m: self.print(m))
+        self.policy = ResponsePolicy(
+            self._responders(),
+            self.audit,
+            ladder=config.ladder,
+            dedup_window_s=config.get("response.dedup_window_s"),
+            monitor_only=self.monitor_only,
+            detector_modes={n: config.detector(n).get("mode", "enforce")
+                            for n in self.runner.detectors},
+            status_of=self.client.status,
+            report=self.print,
+        )
+        self.ready = asyncio.Event()
+
+    # ------------------------------------------------------------------ plugins
+
+    def _detector_factories(self) -> dict[str, Callable[[], Any]]:
+        enabled: list[str] = self.config.get("detectors.enabled") or None  # type: ignore[assignment]
+        classes = registry.load_all("coi_watch.detectors", enabled)
+        factories: dict[str, Callable[[], Any]] = {}
+        for name, cls in classes.items():
+            cfg = self.config.detector(name)
+            if name == "sigma":
+                cfg.setdefault("rules", self.config.get("rules.paths", []))
+                cfg.setdefault("packs", self.config.get("rules.packs", True))
+            try:
+                cls(cfg)  # build once now, so a bad detector config fails at start
+            except Exception as exc:
+                raise ConfigError(f"detector {name}: {exc}") from exc
+            factories[name] = (lambda c=cls, k=cfg: c(k))
+        factories.update(self.options.extra_detectors)
+        return factories
+
+    def _responders(self) -> dict[Action, Responder]:
+        out: dict[Action, Responder] = {}
+        for name, cls in registry.load_all("coi_watch.responders").items():
+            cfg = {"socket": self.config.get("watch.incus_socket")}
+            try:
+                responder = cls(cfg, client=self.client)
+            except TypeError:
+                responder = cls(cfg)
+            out[Action(cls.action)] = responder
+            del name
+        return out
+
+    # ------------------------------------------------------------------ scope
+
+    def watched(self, container: str) -> bool:
+        """True for a container this supervisor watches."""
+        return container in self._watched
+
+    @property
+    def containers(self) -> frozenset[str]:
+        """The containers watched right now."""
+        return frozenset(self._watched)
+
+    def _matches(self, name: str) -> bool:
+        if self.options.names:
+            return name in self.options.names
+        return fnmatch.fnmatchcase(name, self._pattern)
+
+    async def _discover(self) -> None:
+        instances = await self.client.list_instances()
+        running = {i["name"] for i in instances if i.get("status") == "Running"}
+        if self.options.names:
+            missing = [n for n in self.options.names if n not in running]
+            if missing and not self.options.follow:
+                raise ConfigError("not running: " + ", ".join(missing))
+            for n in missing:
+                self.print(f"waiting for {n} to start")
+        for name in sorted(running):
+            if self._matches(name):
+                self._attach(name)
+
+    def _attach(self, name: str) -> None:
+        if name in self._watched:
+            return
+        self._watched.add(name)
+        self.audit.system(name, "attached", {"pattern": self._pattern,
+                                             "detectors": list(self.runner.detectors)})
+        self.print(f"watching {name}")
+
+    def _detach(self, name: str, why: str) -> None:
+        if name not in self._watched:
+            return
+        self._watched.discard(name)
+        self.audit.system(name, "released", {"reason": why})
+        self.audit.release(name)
+        self.policy.forget(name)
+        self.print(f"released {name} ({why})")
+
+    # ------------------------------------------------------------------ hooks
+
+    def _on_event(self, ev: Event) -> None:
+        if self._audit_events:
+            self.audit.event(ev)
+
+    def _detector_error(self, name: str, exc: BaseException, ev: Event) -> None:
+        tb = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        self.audit.system(ev.container, "detector_error",
+                          {"detector": name, "error": tb, "event_kind": ev.kind})
+        self.print(f"detector {name} failed on {ev.kind} and was restarted: {tb}")
+
+    def _system(self, container: str, what: str, detail: Mapping[str, Any]) -> None:
+        self.audit.system(container, what, dict(detail))
+
+    def stop(self) -> None:
+        """Ask the supervisor to shut down (what SIGINT/SIGTERM do)."""
+        self._stop.set()
+
+    # ------------------------------------------------------------------ tasks
+
+    async def _report_drops(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self._flush_drops()
+
+    def _flush_drops(self) -> None:
+        for (container, source, kind), n in self.bus.take_drops().items():
+            self.audit.system(container, "events_dropped",
+                              {"source": source, "kind": kind, "count": n,
+                               "total": self.bus.stats.dropped_total})
+            self.print(f"LOST {n} {kind} event(s) from {source}"
+                       + (f" for {container}" if container else ""))
+
+    async def _follow(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                async for event in self.client.events("lifecycle"):
+                    delay = 0.2
+                    self._lifecycle(event)
+            except IncusUnavailable as exc:
+                self.audit.system("", "incus_unavailable", {"error": str(exc)})
+                self.print(f"Incus unavailable ({exc}); retrying in {delay:.1f}s")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            try:
+                await self._discover()
+            except IncusError:
+                continue
+
+    def _lifecycle(self, event: Mapping[str, Any]) -> None:
+        meta = event.get("metadata", {})
+        action = meta.get("action", "")
+        source = meta.get("source", "")
+        name = source.rsplit("/", 1)[-1].split("?", 1)[0] if source else ""
+        if not name:
+            return
+        if action in ("instance-started", "instance-resumed") and self._matches(name):
+            self._attach(name)
+        elif action in ("instance-stopped", "instance-deleted", "instance-shutdown"):
+            self._detach(name, action)
+
+    async def _run_source(self, source: Source, ready: asyncio.Future[None]) -> None:
+        name = type(source).name
+        ctx = SourceContext(
+            publish=lambda ev, _n=name: self._publish(ev, _n),
+            watched=self.watched,
+            system=self._system,
+            count_drop=self.bus.count_drop,
+            config=self.config.get(f"sources.{name}", {}) or {},
+        )
+        await source.run(ctx, ready)
+
+    def _publish(self, ev: Event, source: str) -> None:
+        self.bus.publish(ev, source)
+
+    async def run(self) -> None:
+        """Supervise until :meth:`stop` (or SIGINT/SIGTERM).
+
+        Raises:
+            AuditError: the audit directory cannot be written.
+            IncusError: Incus cannot be reached at start.
+            SourceError: a source cannot start.
+        """
+        self.audit.check()
+        await self._discover()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            # Not possible outside the main thread (some tests); stop() still works there.
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop)
+        sources = [registry.load("coi_watch.sources", n)()
+                   for n in self.config.get("watch.sources")]
+        started = time.monotonic()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                readies: list[asyncio.Future[None]] = []
+                source_tasks = []
+                for src in sources:
+                    fut: asyncio.Future[None] = loop.create_future()
+                    readies.append(fut)
+                    source_tasks.append(tg.create_task(self._run_source(src, fut),
+                                                       name=f"source:{type(src).name}"))
+                await self._wait_ready(readies, source_tasks)
+                runner = tg.create_task(
+                    self.runner.run(self.bus, self._on_event, self.policy.submit),
+                    name="runner")
+                helpers = [tg.create_task(self.audit.run_flusher(), name="audit-flusher"),
+                           tg.create_task(self._report_drops(), name="drop-reporter")]
+                if self.options.follow:
+                    helpers.append(tg.create_task(self._follow(), name="lifecycle"))
+                self.audit.system("", "started", {
+                    "containers": sorted(self._watched), "pattern": self._pattern,
+                    "sources": [type(s).name for s in sources],
+                    "detectors": list(self.runner.detectors),
+                    "monitor_only": self.monitor_only,
+                    "startup_ms": round((time.monotonic() - started) * 1000, 1)})
+                self.ready.set()
+                self.print("ready: watching " + (", ".join(sorted(self._watched)) or "nothing yet"))
+                await self._stop.wait()
+                # Shutdown, in order: no new events, drain what is queued, finish responses.
+                for t in source_tasks:
+                    t.cancel()
+                self.bus.close()
+                await runner
+                await self.policy.drain()
+                for t in helpers:
+                    t.cancel()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+            self._flush_drops()
+            self.audit.system("", "stopped", {"events": self.runner.stats.events,
+                                              "verdicts": self.runner.stats.verdicts,
+                                              "dropped": self.bus.stats.dropped_total})
+            await self.audit.close()
+
+    async def _wait_ready(self, readies: list[asyncio.Future[None]],
+                          tasks: list[asyncio.Task[None]]) -> None:
+        """Wait until every source is subscribed; a source that dies first raises."""
+        pending: set[asyncio.Future[Any]] = set(readies) | set(tasks)
+        while not all(f.done() for f in readies):
+            done, pending = await asyncio.wait(pending, timeout=10,
+                                               return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                raise SourceError("a source did not become ready within 10 s")
+            for t in done:
+                if t in tasks and t.done():
+                    t.result()  # re-raises the source's error
+                    raise SourceError(f"source task {t.get_name()} ended before it was ready")
+
+    @staticmethod
+    def warn(msg: str) -> None:
+        """Print a warning on stderr."""
+        print(f"coi-watch: warning: {msg}", file=sys.stderr)
