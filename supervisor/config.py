@@ -38,7 +38,7 @@ from coi_watch.verdicts import Action, Severity
 
 __all__ = ("DEFAULTS", "SCHEMA", "Config", "default_paths", "load_config")
 
-ACTIONS = frozenset(a.value for a in Action)
+ACTIONS = frozenset(a.value for a in Action if a is not Action.RESUME)
 MODES = frozenset({"monitor", "enforce"})
 
 DEFAULTS: dict[str, Any] = {

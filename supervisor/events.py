@@ -57,7 +57,6 @@ __all__ = (
     "wall_from_mono",
 )
 
-_slotted = dataclass(frozen=True, slots=True, kw_only=True)
 
 # Offset between the two clocks, taken once: wall = mono + offset. Good to a few µs, which
 # is all a human reading an audit record needs; detectors never use wall time.
@@ -72,7 +71,7 @@ def wall_from_mono(ts_ns: int) -> int:
 # --------------------------------------------------------------------------- records
 
 
-@_slotted
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Fd:
     """What one file descriptor of a process points to (``/proc/PID/fd/N``).
 
@@ -101,7 +100,7 @@ class Fd:
         return bool(self.remote) and not self.remote.endswith(":0")
 
 
-@_slotted
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Ancestor:
     """One step of a process's parent chain, nearest parent first."""
 
@@ -114,7 +113,7 @@ class Ancestor:
 # --------------------------------------------------------------------------- process
 
 
-@_slotted
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ProcExec:
     """A process called ``execve`` (proc connector ``PROC_EVENT_EXEC``), enriched from /proc.
 
@@ -146,7 +145,7 @@ class ProcExec:
         return " ".join(self.argv)
 
 
-@_slotted
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ProcFork:
     """A new process (``PROC_EVENT_FORK``); threads are filtered out by the source."""
 
@@ -158,7 +157,7 @@ class ProcFork:
     ppid: int
 
 
-@_slotted
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ProcExit:
     """A process ended (``PROC_EVENT_EXIT``): ``code`` is the exit status, ``signal`` the
     signal that ended it (0 when none)."""
@@ -172,7 +171,7 @@ class ProcExit:
     signal: int = 0
 
 
-@_slotted
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ProcComm:
     """A process changed its ``comm`` (``PROC_EVENT_COMM``): busybox applets that run without
     ``exec`` (``ls``, ``dd``) show up only this way."""
@@ -186,7 +185,7 @@ class ProcComm:
     argv: tuple[str, ...] = ()
 
 
-@_slotted
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ProcUid:
     """A process changed its user ids (``PROC_EVENT_UID``); ids are host ids."""
 
@@ -202,7 +201,7 @@ class ProcUid:
 # --------------------------------------------------------------------------- network
 
 
-@_slotted
+@dataclass(frozen=True, slots=True, kw_only=True)
 class NetConnect:
     """The first packet of a new connection leaving a container (NFLOG).
 
@@ -225,7 +224,7 @@ class NetConnect:
     prefix: str = ""
 
 
-@_slotted
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DnsQuery:
     """A DNS query leaving a container (NFLOG, UDP or TCP port 53).
 
@@ -248,7 +247,7 @@ class DnsQuery:
     qtype: int = 1
 
 
-@_slotted
+@dataclass(frozen=True, slots=True, kw_only=True)
 class NetFlow:
     """A conntrack flow event (``new``, ``update``, ``destroy``) or a periodic ``counter``
     reading of a flow still alive. Counters are cumulative for the flow: ``bytes_out`` is
@@ -277,7 +276,7 @@ class NetFlow:
 # --------------------------------------------------------------------------- files, tamper
 
 
-@_slotted
+@dataclass(frozen=True, slots=True, kw_only=True)
 class FileAccess:
     """A file event inside a container (fanotify), ``path`` in the container's view.
 
@@ -298,7 +297,7 @@ class FileAccess:
     comm: str = ""
 
 
-@_slotted
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Tamper:
     """Something switched off or removed part of coi-watch's view of a container."""
 

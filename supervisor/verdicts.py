@@ -20,7 +20,6 @@ import orjson
 
 __all__ = ("Action", "ActionRecord", "Severity", "Verdict", "verdict_from_dict")
 
-_slotted = dataclass(frozen=True, slots=True, kw_only=True)
 
 
 class Severity(StrEnum):
@@ -48,9 +47,11 @@ class Action(StrEnum):
     QUARANTINE = "quarantine"
     PAUSE = "pause"
     KILL = "kill"
+    RESUME = "resume"
+    """Not on the ladder: ``coi-watch resume`` lifting a pause or quarantine."""
 
 
-@_slotted
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Verdict:
     """A detector's conclusion about one container.
 
@@ -96,7 +97,7 @@ def verdict_from_dict(obj: dict[str, Any]) -> Verdict:
         raise ValueError(f"bad verdict: {exc}") from None
 
 
-@_slotted
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ActionRecord:
     """What a responder did: written to the audit log (durably) before it is reported.
 

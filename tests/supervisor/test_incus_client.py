@@ -12,7 +12,6 @@ import asyncio
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -76,7 +75,7 @@ class FakeIncus:
         self.ops: dict[str, tuple[int, str]] = {}  # id -> (error code, error text)
         self.requests: list[tuple[str, str, Any]] = []  # (method, raw path, JSON body)
         self.failure_style = "error"  # or "metadata": failed op as status "Failure" + err
-        self.streams: list[web.WebSocketResponse] = []
+        self.streams: list[tuple[web.WebSocketResponse, list[str]]] = []  # (socket, types)
         app = web.Application()
         app.router.add_get("/1.0", self.root)
         app.router.add_get("/1.0/events", self.events)
@@ -190,8 +189,7 @@ class FakeIncus:
         await self._log(request)
         ws = web.WebSocketResponse()
         await ws.prepare(request)
-        ws["types"] = request.query.get("type", "")
-        self.streams.append(ws)
+        self.streams.append((ws, request.query.get("type", "").split(",")))
         async for _ in ws:  # keep open until either side closes
             pass
         return ws
@@ -203,8 +201,8 @@ class FakeIncus:
             "metadata": {"action": action, "source": f"/1.0/instances/{name}", "context": {}},
             "project": "default",
         }
-        for ws in list(self.streams):
-            if etype in ws["types"].split(",") and not ws.closed:
+        for ws, types in list(self.streams):
+            if etype in types and not ws.closed:
                 await ws.send_bytes(orjson.dumps(event))
 
 
@@ -478,7 +476,7 @@ async def test_event_stream_drop_is_unavailable(client: IncusClient, fake: FakeI
         await asyncio.sleep(0.01)
     await client.stop("c1")
     assert (await asyncio.wait_for(first, 2))["metadata"]["action"] == "instance-stopped"
-    await fake.streams[0].close()  # incusd going away
+    await fake.streams[0][0].close()  # incusd going away
     with pytest.raises(IncusUnavailable, match="event stream closed"):
         await asyncio.wait_for(anext(gen), 2)
 
