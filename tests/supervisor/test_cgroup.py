@@ -18,7 +18,7 @@ def test_v1_layout(tmp_path: Path) -> None:
     (d / "freezer.state").write_text("THAWED\n")
     assert cgroup.frozen("c1", root=tmp_path) is False
     assert cgroup.freeze("c1", root=tmp_path)
-    assert (d / "freezer.state").read_text() == "FROZEN"
+    assert (d / "freezer.state").read_text().strip() == "FROZEN"
     assert cgroup.frozen("c1", root=tmp_path) is True
 
 
@@ -29,7 +29,7 @@ def test_v2_layout(tmp_path: Path) -> None:
     (d / "cgroup.events").write_text("populated 1\nfrozen 0\n")
     assert cgroup.frozen("c2", root=tmp_path) is False
     assert cgroup.freeze("c2", root=tmp_path)
-    assert (d / "cgroup.freeze").read_text() == "1"
+    assert (d / "cgroup.freeze").read_text().strip() == "1"
     (d / "cgroup.events").write_text("populated 1\nfrozen 1\n")
     assert cgroup.frozen("c2", root=tmp_path) is True
 
