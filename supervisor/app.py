@@ -175,6 +175,7 @@ class Supervisor:
         self.audit.system(name, "released", {"reason": why})
         self.audit.release(name)
         self.policy.forget(name)
+        self.runner.forget(name)
         self.print(f"released {name} ({why})")
 
     # ------------------------------------------------------------------ hooks

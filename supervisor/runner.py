@@ -4,8 +4,10 @@ Strategy: detectors are synchronous state machines; the runner owns the only asy
 At start it indexes detectors once by the event kinds they consume (Falco's
 ``m_filter_by_event_type``), so an event is offered only to detectors that asked for its
 kind. Time is injected: ``now_ns`` is the event's own monotonic stamp, held non-decreasing
-across events, so feeding an audit log back through :meth:`Runner.feed` (``coi-watch
-replay``) reaches the same verdicts as the live run did.
+per container (stamps from different sources can arrive a little out of order). Per
+container, because the audit log is one file per container: feeding a file back through
+:meth:`Runner.feed` (``coi-watch replay``) then reproduces exactly the ``now_ns`` sequence,
+and so the verdicts, of the live run.
 
 Isolation: a detector that raises is caught, reported through ``on_error`` (the supervisor
 audits it), replaced by a fresh instance from its factory, and the other detectors go on
@@ -59,7 +61,7 @@ class Runner:
     ) -> None:
         self._slots = [_Slot(name, f, f()) for name, f in factories.items()]
         self._on_error = on_error
-        self._now = 0
+        self._now: dict[str, int] = {}
         self.stats = RunnerStats(restarts={})
         index: dict[str, list[_Slot]] = {kind: [] for kind in EVENT_TYPES}
         for slot in self._slots:
@@ -80,8 +82,9 @@ class Runner:
 
     def feed(self, ev: Event) -> list[Verdict]:
         """Offer one event to the detectors that consume its kind; return their verdicts."""
-        now = ev.ts_ns if ev.ts_ns > self._now else self._now
-        self._now = now
+        last = self._now.get(ev.container, 0)
+        now = ev.ts_ns if ev.ts_ns > last else last
+        self._now[ev.container] = now
         self.stats.events += 1
         out: list[Verdict] = []
         for slot in self._index.get(ev.kind, ()):
@@ -93,6 +96,10 @@ class Runner:
                 self._restart(slot, exc, ev)
         self.stats.verdicts += len(out)
         return out
+
+    def forget(self, container: str) -> None:
+        """Drop the clock of a container that is gone (memory stays flat under churn)."""
+        self._now.pop(container, None)
 
     def _restart(self, slot: _Slot, exc: BaseException, ev: Event) -> None:
         slot.restarts += 1

@@ -109,3 +109,15 @@ async def test_run_feeds_audit_hook_before_verdicts_and_drains_on_close() -> Non
     await runner.run(bus, lambda ev: order.append(f"event:{ev.pid}"),  # type: ignore[union-attr]
                      lambda v: order.append(f"verdict:{v.ts_ns}"))
     assert order == ["event:1", "verdict:1", "event:2", "verdict:2", "event:3", "verdict:3"]
+
+
+def test_time_is_kept_per_container() -> None:
+    rec = Recorder()
+    runner = Runner({"recorder": lambda: rec})
+    runner.feed(_exec(1, 500, container="a"))
+    runner.feed(_exec(2, 100, container="b"))  # another container's clock is its own
+    runner.feed(_exec(3, 400, container="a"))
+    assert rec.seen == [(1, 500), (2, 100), (3, 500)]
+    runner.forget("a")
+    runner.feed(_exec(4, 400, container="a"))
+    assert rec.seen[-1] == (4, 400)
