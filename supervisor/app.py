@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import functools
 import signal
 import sys
 import time
@@ -99,6 +100,7 @@ class Supervisor:
             report=self.print,
         )
         self.ready = asyncio.Event()
+        self._sources: list[Source] = []
 
     # ------------------------------------------------------------------ plugins
 
@@ -115,7 +117,7 @@ class Supervisor:
                 cls(cfg)  # build once now, so a bad detector config fails at start
             except Exception as exc:
                 raise ConfigError(f"detector {name}: {exc}") from exc
-            factories[name] = (lambda c=cls, k=cfg: c(k))
+            factories[name] = functools.partial(cls, cfg)
         factories.update(self.options.extra_detectors)
         return factories
 
@@ -176,6 +178,10 @@ class Supervisor:
         self.audit.release(name)
         self.policy.forget(name)
         self.runner.forget(name)
+        for src in self._sources:
+            release = getattr(src, "release", None)
+            if release is not None:
+                release(name)
         self.print(f"released {name} ({why})")
 
     # ------------------------------------------------------------------ hooks
@@ -244,7 +250,7 @@ class Supervisor:
     async def _run_source(self, source: Source, ready: asyncio.Future[None]) -> None:
         name = type(source).name
         ctx = SourceContext(
-            publish=lambda ev, _n=name: self._publish(ev, _n),
+            publish=functools.partial(self._publish, source=name),
             watched=self.watched,
             system=self._system,
             count_drop=self.bus.count_drop,
@@ -270,8 +276,9 @@ class Supervisor:
             # Not possible outside the main thread (some tests); stop() still works there.
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop)
-        sources = [registry.load("coi_watch.sources", n)()
-                   for n in self.config.get("watch.sources")]
+        sources = self._sources = [
+            registry.load("coi_watch.sources", n)(self.config.get(f"sources.{n}", {}) or {})
+            for n in self.config.get("watch.sources")]
         started = time.monotonic()
         try:
             async with asyncio.TaskGroup() as tg:

@@ -123,7 +123,7 @@ SCHEMA: dict[str, tuple[Check, str]] = {
 }
 
 # Tables whose own keys are free-form (checked by their owners).
-_FREE_TABLES = ("detectors.",)
+_FREE_TABLES = ("detectors.", "sources.")
 _TABLES = {k.rsplit(".", 1)[0] for k in SCHEMA} | {"response.ladder", "monitoring.nft"}
 
 
@@ -222,12 +222,11 @@ def _merge(cfg: Config, doc: Mapping[str, Any], origin: str, prefix: str = "") -
     for key, value in doc.items():
         dotted = f"{prefix}{key}"
         if isinstance(value, dict) and (dotted in _TABLES or dotted.startswith(_FREE_TABLES)
-                                        or dotted == "detectors"):
+                                        or dotted in ("detectors", "sources")):
             _merge(cfg, value, origin, dotted + ".")
             continue
         if dotted.startswith(_FREE_TABLES) and dotted != "detectors.enabled":
-            name_and_key = dotted[len("detectors."):]
-            if name_and_key.endswith(".mode") and value not in MODES:
+            if dotted.endswith(".mode") and value not in MODES:
                 raise ConfigError(f"{origin}: {dotted} = {value!r}: expected monitor|enforce")
             _set(cfg.data, dotted, value)
             continue

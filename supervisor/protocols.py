@@ -6,11 +6,13 @@ no base class to inherit) and are registered under the entry-point groups
 (:mod:`coi_watch.registry`). Each is constructed with its own config mapping.
 
 - A **source** is the only async plugin: it reads a kernel interface and calls
-  ``ctx.publish(event)`` (never blocking; the bus counts what it must drop).
+  ``ctx.publish(event)`` (never blocking; the bus counts what it must drop). A source may
+  also have ``release(container)``, called when a container stops, to drop its caches.
 - A **detector** is a synchronous state machine. ``feed(event, now_ns)`` is called by the one
   shared runner with the time injected, for the event kinds in ``consumes`` only, and returns
   the verdicts it reached (usually none). It never sleeps, never reads a clock, never does I/O:
-  so an audit log replayed through it gives the same verdicts as live.
+  so an audit log replayed through it gives the same verdicts as live. It keys its state by
+  ``event.container`` (one instance serves every container, and the log is per container).
 - A **responder** carries out one :class:`~coi_watch.verdicts.Action` on a container and
   reports an :class:`~coi_watch.verdicts.ActionRecord`; it must be idempotent (pausing a
   paused container is a success).

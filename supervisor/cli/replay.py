@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Annotated
 
@@ -44,7 +45,7 @@ def replay(
             if name == "sigma":
                 dcfg.setdefault("rules", cfg.get("rules.paths", []))
                 dcfg.setdefault("packs", cfg.get("rules.packs", True))
-            factories[name] = (lambda c=cls, k=dcfg: c(k))
+            factories[name] = functools.partial(cls, dcfg)
         printer = Printer(json=json_out)
         differs = False
         for path in expand_paths(files):

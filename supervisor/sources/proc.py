@@ -297,6 +297,10 @@ class ProcSource:
         self.enrich = enrich
         self.tracker: ProcTracker | None = None
 
+    def release(self, container: str) -> None:
+        """Forget every pid of ``container`` (it stopped or was deleted)."""
+        self.table.forget_container(container)
+
     async def run(self, ctx: SourceContext, ready: asyncio.Future[None]) -> None:
         """Subscribe, set ``ready`` once the kernel acknowledged, then read until cancelled.
 
