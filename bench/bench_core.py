@@ -152,9 +152,9 @@ async def bench_latency(execs: int, freezes: int) -> dict[str, Any]:
         for i in range(freezes):
             n_before = len(lat_frozen)
             proc = await asyncio.create_subprocess_exec(
-                # A process that lives (sh -c 'sleep 5' MARK): its argv is still readable
+                # A process that lives (sh -c "sleep 5; true" MARK): its argv is still readable
                 # when the exec event is enriched, unlike a /bin/true that may be gone.
-                "incus", "exec", name, "--", "sh", "-c", "sleep 5", MARK,
+                "incus", "exec", name, "--", "sh", "-c", "sleep 5; true", MARK,
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
             for _ in range(300):
                 if len(lat_frozen) > n_before:
