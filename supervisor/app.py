@@ -28,7 +28,7 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,11 +36,12 @@ from coi_watch import registry
 from coi_watch.audit import AuditLog, Redactor
 from coi_watch.bus import Bus
 from coi_watch.config import Config
+from coi_watch.containers import info_from_state
 from coi_watch.errors import ConfigError, IncusError, IncusUnavailable, SourceError
 from coi_watch.events import Event
 from coi_watch.incus import IncusClient
 from coi_watch.policy import ResponsePolicy
-from coi_watch.protocols import Responder, Source, SourceContext
+from coi_watch.protocols import ContainerAware, Responder, Source, SourceContext
 from coi_watch.runner import Runner
 from coi_watch.verdicts import Action, ActionRecord, Verdict
 
@@ -100,7 +101,10 @@ class Supervisor:
             report=self.print,
         )
         self.ready = asyncio.Event()
-        self._sources: list[Source] = []
+        self._pending: set[asyncio.Future[None]] = set()
+        self._sources: list[Source] = [
+            registry.load("coi_watch.sources", n)(config.get(f"sources.{n}", {}) or {})
+            for n in config.get("watch.sources")]
 
     # ------------------------------------------------------------------ plugins
 
@@ -165,10 +169,34 @@ class Supervisor:
     def _attach(self, name: str) -> None:
         if name in self._watched:
             return
+        # Watched at once (the proc source needs nothing more); per-container sources get
+        # the container's facts as soon as Incus has answered.
         self._watched.add(name)
         self.audit.system(name, "attached", {"pattern": self._pattern,
                                              "detectors": list(self.runner.detectors)})
         self.print(f"watching {name}")
+        self._background(self._attach_sources(name))
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _attach_sources(self, name: str) -> None:
+        try:
+            info = info_from_state(name, await self.client.state(name))
+        except IncusError as exc:
+            self.audit.system(name, "attach_failed", {"error": str(exc)})
+            self.print(f"cannot read the state of {name}: {exc}")
+            return
+        for src in self._sources:
+            if isinstance(src, ContainerAware) and name in self._watched:
+                try:
+                    await src.attach(info)
+                except Exception as exc:  # one source's trouble must not unwatch the rest
+                    self.audit.system(name, "source_attach_failed",
+                                      {"source": type(src).name, "error": str(exc)})
+                    self.print(f"source {type(src).name} cannot watch {name}: {exc}")
 
     def _detach(self, name: str, why: str) -> None:
         if name not in self._watched:
@@ -179,9 +207,8 @@ class Supervisor:
         self.policy.forget(name)
         self.runner.forget(name)
         for src in self._sources:
-            release = getattr(src, "release", None)
-            if release is not None:
-                release(name)
+            if isinstance(src, ContainerAware):
+                self._background(src.release(name))
         self.print(f"released {name} ({why})")
 
     # ------------------------------------------------------------------ hooks
@@ -270,15 +297,12 @@ class Supervisor:
             SourceError: a source cannot start.
         """
         self.audit.check()
-        await self._discover()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             # Not possible outside the main thread (some tests); stop() still works there.
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop)
-        sources = self._sources = [
-            registry.load("coi_watch.sources", n)(self.config.get(f"sources.{n}", {}) or {})
-            for n in self.config.get("watch.sources")]
+        sources = self._sources
         started = time.monotonic()
         try:
             async with asyncio.TaskGroup() as tg:
@@ -290,6 +314,7 @@ class Supervisor:
                     source_tasks.append(tg.create_task(self._run_source(src, fut),
                                                        name=f"source:{type(src).name}"))
                 await self._wait_ready(readies, source_tasks)
+                await self._discover()
                 runner = tg.create_task(
                     self.runner.run(self.bus, self._on_event, self.policy.submit),
                     name="runner")
@@ -312,6 +337,8 @@ class Supervisor:
                 self.bus.close()
                 await runner
                 await self.policy.drain()
+                if self._pending:
+                    await asyncio.gather(*self._pending, return_exceptions=True)
                 for t in helpers:
                     t.cancel()
         finally:

@@ -6,8 +6,10 @@ no base class to inherit) and are registered under the entry-point groups
 (:mod:`coi_watch.registry`). Each is constructed with its own config mapping.
 
 - A **source** is the only async plugin: it reads a kernel interface and calls
-  ``ctx.publish(event)`` (never blocking; the bus counts what it must drop). A source may
-  also have ``release(container)``, called when a container stops, to drop its caches.
+  ``ctx.publish(event)`` (never blocking; the bus counts what it must drop). A source that
+  works per container (nftables rules on its veth, conntrack in its netns, fanotify marks on
+  its mounts) also has the :class:`ContainerAware` hooks: ``attach(info)`` when a container
+  is watched (before or after ``run`` started) and ``release(name)`` when it stops.
 - A **detector** is a synchronous state machine. ``feed(event, now_ns)`` is called by the one
   shared runner with the time injected, for the event kinds in ``consumes`` only, and returns
   the verdicts it reached (usually none). It never sleeps, never reads a clock, never does I/O:
@@ -25,10 +27,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
+from coi_watch.containers import ContainerInfo
 from coi_watch.events import Event
 from coi_watch.verdicts import Action, ActionRecord, Verdict
 
-__all__ = ("Detector", "Responder", "Source", "SourceContext")
+__all__ = ("ContainerAware", "Detector", "Responder", "Source", "SourceContext")
 
 
 @dataclass(slots=True)
@@ -60,6 +63,20 @@ class Source(Protocol):
         Raises:
             SourceError: the source cannot start (missing privilege or kernel feature).
         """
+        ...
+
+
+@runtime_checkable
+class ContainerAware(Protocol):
+    """Optional hooks of a per-container source."""
+
+    async def attach(self, info: ContainerInfo) -> None:
+        """Start watching ``info.name`` (rules, sockets, marks). Idempotent; must not raise
+        for a container that vanished meanwhile (report it with ``ctx.system`` instead)."""
+        ...
+
+    async def release(self, name: str) -> None:
+        """Stop watching ``name`` and free everything kept for it. Idempotent."""
         ...
 
 

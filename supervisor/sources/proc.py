@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeGuard
 
+from coi_watch.containers import ContainerInfo
 from coi_watch.errors import SourceError, WireError
 from coi_watch.events import ProcComm, ProcExec, ProcExit, ProcFork, ProcUid, wall_from_mono
 from coi_watch.protocols import SourceContext
@@ -297,9 +298,12 @@ class ProcSource:
         self.enrich = enrich
         self.tracker: ProcTracker | None = None
 
-    def release(self, container: str) -> None:
-        """Forget every pid of ``container`` (it stopped or was deleted)."""
-        self.table.forget_container(container)
+    async def attach(self, info: ContainerInfo) -> None:
+        """Nothing to set up: the proc connector sees every process on the host."""
+
+    async def release(self, name: str) -> None:
+        """Forget every pid of ``name`` (it stopped or was deleted)."""
+        self.table.forget_container(name)
 
     async def run(self, ctx: SourceContext, ready: asyncio.Future[None]) -> None:
         """Subscribe, set ``ready`` once the kernel acknowledged, then read until cancelled.
