@@ -8,6 +8,9 @@ callable over the attribute's bytes or a :class:`Nested` table, which is decoded
 record (``build``) or merged into the parent (``build=None``, to flatten a nest). Attributes
 missing from a table are skipped, so newer kernels parse. Every length comes from the peer
 and is checked (framing by :mod:`coi_watch.wire.netlink`, value sizes by the decoders).
+Tables are module constants: each is compiled once into a lookup plan in which the
+struct-backed scalar decoders (:func:`u8`, :func:`be16`, :func:`be32`, :func:`be64`) run
+as a bare ``Struct.unpack``; that walk is the hot path of NFLOG and conntrack parsing.
 
 Invariant (h11's, tested with hypothesis): whatever bytes arrive, :func:`decode_into`,
 :func:`nfgen_header` and :func:`parse_acks` either return a result or raise
@@ -30,6 +33,7 @@ from coi_watch.errors import WireError
 from coi_watch.wire.netlink import NLMSG_ERROR, NLMSG_HDRLEN, iter_attrs, iter_messages
 
 __all__ = (
+    "MAX_DEPTH",
     "NETLINK_NETFILTER",
     "NFGENMSG_LEN",
     "NFNETLINK_V0",
