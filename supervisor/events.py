@@ -39,6 +39,7 @@ from coi_watch.errors import WireError
 __all__ = (
     "EVENT_TYPES",
     "Ancestor",
+    "DnsAnswer",
     "DnsQuery",
     "Event",
     "Fd",
@@ -248,6 +249,35 @@ class DnsQuery:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DnsAnswer:
+    """A DNS response reaching a container (NFLOG on the way in): the names it resolved.
+
+    ``src`` is the resolver, ``dst`` the container; ``addresses`` are the A/AAAA records and
+    ``cnames`` the CNAME targets of the answer section (same presentation form as
+    :class:`DnsQuery`), ``ttl`` the smallest TTL among them, ``rcode`` the response code.
+    The allowlist detector matches domain names through these: the container's own view.
+    """
+
+    kind: Literal["net.dns_answer"] = "net.dns_answer"
+    ts_ns: int
+    wall_ns: int
+    container: str
+    family: int
+    proto: str
+    src: str
+    sport: int = 53
+    dst: str
+    dport: int = 0
+    qid: int = 0
+    qname: str
+    qtype: int = 1
+    rcode: int = 0
+    addresses: tuple[str, ...] = ()
+    cnames: tuple[str, ...] = ()
+    ttl: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class NetFlow:
     """A conntrack flow event (``new``, ``update``, ``destroy``) or a periodic ``counter``
     reading of a flow still alive. Counters are cumulative for the flow: ``bytes_out`` is
@@ -312,7 +342,7 @@ class Tamper:
 
 Event = Union[  # noqa: UP007 - a runtime alias used in isinstance-free dispatch
     ProcExec, ProcFork, ProcExit, ProcComm, ProcUid,
-    NetConnect, DnsQuery, NetFlow, FileAccess, Tamper,
+    NetConnect, DnsQuery, DnsAnswer, NetFlow, FileAccess, Tamper,
 ]
 
 EVENT_TYPES: Mapping[str, type[Any]] = types.MappingProxyType(
