@@ -42,8 +42,9 @@ from coi_watch.events import Event
 from coi_watch.incus import IncusClient
 from coi_watch.policy import ResponsePolicy
 from coi_watch.protocols import ContainerAware, Responder, Source, SourceContext
+from coi_watch.responders.webhook import WebhookAlerter
 from coi_watch.runner import Runner
-from coi_watch.verdicts import Action, ActionRecord, Verdict
+from coi_watch.verdicts import Action, ActionRecord, Severity, Verdict
 
 __all__ = ("Supervisor", "SupervisorOptions")
 
@@ -87,6 +88,10 @@ class Supervisor:
         self._stop = asyncio.Event()
         self._audit_events = config.get("audit.events") == "all"
         self.monitor_only: bool = options.monitor_only or config.get("response.monitor_only")
+        url = config.get("response.webhook", "")
+        self.webhook = WebhookAlerter(url, min_severity=Severity(
+            config.get("response.webhook_min_severity", "warning")),
+            on_error=lambda m: self._system("", "alert_failed", {"error": m})) if url else None
         self.runner = Runner(self._detector_factories(), on_error=self._detector_error,
                              warn=lambda m: self.print(m))
         self.policy = ResponsePolicy(
@@ -98,6 +103,9 @@ class Supervisor:
             detector_modes={n: config.detector(n).get("mode", "enforce")
                             for n in self.runner.detectors},
             status_of=self.client.status,
+            snapshot_before_kill=config.get("response.snapshot_before_kill", False),
+            alerts=[self.webhook] if self.webhook else [],
+            alert_min=Severity(config.get("response.webhook_min_severity", "warning")),
             report=self.print,
         )
         self.ready = asyncio.Event()
@@ -128,7 +136,8 @@ class Supervisor:
     def _responders(self) -> dict[Action, Responder]:
         out: dict[Action, Responder] = {}
         for name, cls in registry.load_all("coi_watch.responders").items():
-            cfg = {"socket": self.config.get("watch.incus_socket")}
+            cfg = {"socket": self.config.get("watch.incus_socket"),
+                   "snapshot_retention": self.config.get("response.snapshot_retention", 3)}
             try:
                 responder = cls(cfg, client=self.client)
             except TypeError:
@@ -349,6 +358,8 @@ class Supervisor:
             self.audit.system("", "stopped", {"events": self.runner.stats.events,
                                               "verdicts": self.runner.stats.verdicts,
                                               "dropped": self.bus.stats.dropped_total})
+            if self.webhook is not None:
+                await self.webhook.close()
             await self.audit.close()
 
     async def _wait_ready(self, readies: list[asyncio.Future[None]],

@@ -38,7 +38,7 @@ from coi_watch.verdicts import Action, Severity
 
 __all__ = ("DEFAULTS", "SCHEMA", "Config", "default_paths", "load_config")
 
-ACTIONS = frozenset(a.value for a in Action if a is not Action.RESUME)
+ACTIONS = frozenset(a.value for a in Action if a not in (Action.RESUME, Action.SNAPSHOT))
 MODES = frozenset({"monitor", "enforce"})
 
 DEFAULTS: dict[str, Any] = {
@@ -54,6 +54,10 @@ DEFAULTS: dict[str, Any] = {
         "monitor_only": False,
         "dedup_window_s": 30.0,
         "ladder": {"info": "log", "warning": "alert", "high": "pause", "critical": "kill"},
+        "snapshot_before_kill": False,
+        "snapshot_retention": 3,
+        "webhook": "",
+        "webhook_min_severity": "warning",
     },
     "detectors": {"enabled": []},
     "rules": {"paths": [], "packs": True},
@@ -93,6 +97,12 @@ SCHEMA: dict[str, tuple[Check, str]] = {
     "audit.redact_patterns": (_str_list, "a list of regular expressions"),
     "response.monitor_only": (_is(bool), "true or false"),
     "response.dedup_window_s": (lambda v: _is(int, float)(v) and v >= 0, "seconds >= 0"),
+    "response.snapshot_before_kill": (_is(bool), "true or false"),
+    "response.snapshot_retention": (lambda v: _is(int)(v) and v >= 1, "an integer >= 1"),
+    "response.webhook": (lambda v: isinstance(v, str) and (v == "" or v.startswith(
+        ("http://", "https://"))), "an http(s) URL or empty"),
+    "response.webhook_min_severity": (_one_of(frozenset(s.value for s in Severity)),
+                                      "info|warning|high|critical"),
     **{
         f"response.ladder.{s.value}": (_one_of(ACTIONS), "one of " + "|".join(sorted(ACTIONS)))
         for s in Severity
@@ -294,6 +304,8 @@ def _translate_legacy(cfg: Config) -> None:
         value = {"warn": "warning"}.get(mon["reverse_shell_one_liners"],
                                         mon["reverse_shell_one_liners"])
         dets.setdefault("reverse_shell", {}).setdefault("one_liners", value)
+    if mon.get("forensics_on_kill"):
+        cfg.data["response"]["snapshot_before_kill"] = True
     if "poll_interval_sec" in mon:
         cfg.warnings.append("monitoring.poll_interval_sec is accepted but unused: "
                             "coi-watch is event-driven and does not poll")

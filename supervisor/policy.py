@@ -16,9 +16,12 @@ Decisions, in order:
    30 s) is counted as a duplicate and not acted on again. A pause, though, is *re-armed*:
    if the duplicate arrives while Incus says the container runs again (somebody resumed
    it), the pause is carried out again. The state comes from Incus, not from a flag here.
-4. **Containment first.** ``kill`` is carried out as pause (freeze: milliseconds) and then
+4. **Containment first.** ``kill`` is carried out as pause (freeze: milliseconds), then,
+   when ``snapshot_before_kill`` is on, a forensic snapshot of the frozen container, then
    kill (forced stop: about half a second), each audited; a container already killed by
    this supervisor is not acted on again.
+5. **Alerts.** Every verdict that is not a duplicate and reaches ``alert_min`` is also handed
+   to the alert sinks (a Falco-compatible webhook), without waiting for them.
 
 Each action record is made durable (fsync) before the action is reported done.
 """
@@ -28,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from coi_watch.audit import AuditLog
@@ -46,6 +49,7 @@ DEFAULT_LADDER: Mapping[Severity, Action] = {
 }
 
 Report = Callable[[Verdict | ActionRecord], None]
+AlertSink = Callable[[Verdict], Awaitable[None]]
 StatusOf = Callable[[str], Awaitable[str]]
 
 
@@ -72,6 +76,9 @@ class ResponsePolicy:
         monitor_only: bool = False,
         detector_modes: Mapping[str, str] | None = None,
         status_of: StatusOf | None = None,
+        snapshot_before_kill: bool = False,
+        alerts: Sequence[AlertSink] = (),
+        alert_min: Severity = Severity.WARNING,
         report: Report | None = None,
         clock: Callable[[], int] = time.monotonic_ns,
     ) -> None:
@@ -82,6 +89,9 @@ class ResponsePolicy:
         self._monitor_only = monitor_only
         self._modes = dict(detector_modes or {})
         self._status_of = status_of
+        self._snapshot = snapshot_before_kill
+        self._alerts = tuple(alerts)
+        self._alert_min = alert_min
         self._report = report or (lambda _r: None)
         self._clock = clock
         self._seen: dict[tuple[str, str], tuple[int, Action]] = {}
@@ -125,6 +135,9 @@ class ResponsePolicy:
         if len(self._seen) > 4096:
             self._prune(now)
         self._spawn(self._respond(v, action))
+        if v.severity.rank >= self._alert_min.rank:
+            for sink in self._alerts:
+                self._spawn(sink(v))
 
     def _prune(self, now: int) -> None:
         for k in [k for k, (t, _) in self._seen.items() if now - t >= self._window_ns]:
@@ -161,13 +174,16 @@ class ResponsePolicy:
                     await self._responders[Action.ALERT].respond(v)
                 await self._record(v, action, "skipped", detail=f"monitor mode: would {action}")
                 return
-            steps = [Action.PAUSE, Action.KILL] if action is Action.KILL else [action]
+            steps = [action]
+            if action is Action.KILL:
+                steps = [Action.PAUSE, Action.KILL]
+                if self._snapshot:
+                    steps.insert(1, Action.SNAPSHOT)
             for step in steps:
                 ok = await self._run(v, step)
                 if step is Action.KILL and ok:
                     self._killed.add(v.container)
-                if not ok and step is Action.PAUSE and action is Action.KILL:
-                    continue  # a failed freeze must not stop the kill
+                # A failed freeze or snapshot must not stop the kill: go on regardless.
 
     async def _run(self, v: Verdict, action: Action) -> bool:
         responder = self._responders.get(action)

@@ -49,6 +49,8 @@ class Action(StrEnum):
     KILL = "kill"
     RESUME = "resume"
     """Not on the ladder: ``coi-watch resume`` lifting a pause or quarantine."""
+    SNAPSHOT = "snapshot"
+    """Not on the ladder: the forensic snapshot taken between freeze and kill."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
