@@ -24,12 +24,14 @@ import asyncio
 import contextlib
 import fnmatch
 import functools
+import os
 import signal
 import sys
 import time
 import traceback
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from coi_watch import registry
@@ -40,6 +42,7 @@ from coi_watch.containers import info_from_state
 from coi_watch.errors import ConfigError, IncusError, IncusUnavailable, SourceError
 from coi_watch.events import Event
 from coi_watch.incus import IncusClient
+from coi_watch.locks import ContainerLock, LockHeld
 from coi_watch.policy import ResponsePolicy
 from coi_watch.protocols import ContainerAware, Responder, Source, SourceContext
 from coi_watch.responders.webhook import WebhookAlerter
@@ -47,6 +50,14 @@ from coi_watch.runner import Runner
 from coi_watch.verdicts import Action, ActionRecord, Severity, Verdict
 
 __all__ = ("Supervisor", "SupervisorOptions")
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first leaf exception of a (nested) exception group."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 Printer = Callable[[Verdict | ActionRecord | str], None]
 
@@ -58,6 +69,8 @@ class SupervisorOptions:
     names: tuple[str, ...] = ()
     monitor_only: bool = False
     follow: bool = True
+    exit_when_released: bool = False
+    """``coi-watch attach``: stop once the named containers have all stopped."""
     extra_detectors: Mapping[str, Callable[[], Any]] = field(default_factory=dict)
 
 
@@ -109,6 +122,9 @@ class Supervisor:
             report=self.print,
         )
         self.ready = asyncio.Event()
+        self._run_dir = Path(os.path.expanduser(config.get("watch.run_dir", "~/.coi/run")))
+        self._locks: dict[str, ContainerLock] = {}
+        self._refused: list[LockHeld] = []
         self._pending: set[asyncio.Future[None]] = set()
         self._sources: list[Source] = [
             registry.load("coi_watch.sources", n)(config.get(f"sources.{n}", {}) or {})
@@ -178,6 +194,16 @@ class Supervisor:
     def _attach(self, name: str) -> None:
         if name in self._watched:
             return
+        lock = ContainerLock(self._run_dir, name)
+        try:
+            lock.acquire()
+        except LockHeld as exc:
+            self.audit.system("", "not_attached", {"container": name, "reason": str(exc)})
+            self.print(f"not watching {name}: {exc}")
+            if self.options.names:
+                self._refused.append(exc)
+            return
+        self._locks[name] = lock
         # Watched at once (the proc source needs nothing more); per-container sources get
         # the container's facts as soon as Incus has answered.
         self._watched.add(name)
@@ -211,6 +237,9 @@ class Supervisor:
         if name not in self._watched:
             return
         self._watched.discard(name)
+        lock = self._locks.pop(name, None)
+        if lock is not None:
+            lock.release()
         self.audit.system(name, "released", {"reason": why})
         self.audit.release(name)
         self.policy.forget(name)
@@ -219,6 +248,8 @@ class Supervisor:
             if isinstance(src, ContainerAware):
                 self._background(src.release(name))
         self.print(f"released {name} ({why})")
+        if self.options.exit_when_released and not self._watched:
+            self.stop()
 
     # ------------------------------------------------------------------ hooks
 
@@ -314,53 +345,66 @@ class Supervisor:
         sources = self._sources
         started = time.monotonic()
         try:
-            async with asyncio.TaskGroup() as tg:
-                readies: list[asyncio.Future[None]] = []
-                source_tasks = []
-                for src in sources:
-                    fut: asyncio.Future[None] = loop.create_future()
-                    readies.append(fut)
-                    source_tasks.append(tg.create_task(self._run_source(src, fut),
-                                                       name=f"source:{type(src).name}"))
-                await self._wait_ready(readies, source_tasks)
-                await self._discover()
-                runner = tg.create_task(
-                    self.runner.run(self.bus, self._on_event, self.policy.submit),
-                    name="runner")
-                helpers = [tg.create_task(self.audit.run_flusher(), name="audit-flusher"),
-                           tg.create_task(self._report_drops(), name="drop-reporter")]
-                if self.options.follow:
-                    helpers.append(tg.create_task(self._follow(), name="lifecycle"))
-                self.audit.system("", "started", {
-                    "containers": sorted(self._watched), "pattern": self._pattern,
-                    "sources": [type(s).name for s in sources],
-                    "detectors": list(self.runner.detectors),
-                    "monitor_only": self.monitor_only,
-                    "startup_ms": round((time.monotonic() - started) * 1000, 1)})
-                self.ready.set()
-                self.print("ready: watching " + (", ".join(sorted(self._watched)) or "nothing yet"))
-                await self._stop.wait()
-                # Shutdown, in order: no new events, drain what is queued, finish responses.
-                for t in source_tasks:
-                    t.cancel()
-                self.bus.close()
-                await runner
-                await self.policy.drain()
-                if self._pending:
-                    await asyncio.gather(*self._pending, return_exceptions=True)
-                for t in helpers:
-                    t.cancel()
+            await self._run_tasks(loop, sources, started)
+        except BaseExceptionGroup as group:
+            # A task's error (a source that cannot start, a refused lock) surfaces as itself,
+            # so the CLI can print its one clear line.
+            raise _first_error(group) from None
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
             self._flush_drops()
+            for lock in self._locks.values():
+                lock.release()
+            self._locks.clear()
             self.audit.system("", "stopped", {"events": self.runner.stats.events,
                                               "verdicts": self.runner.stats.verdicts,
                                               "dropped": self.bus.stats.dropped_total})
             if self.webhook is not None:
                 await self.webhook.close()
             await self.audit.close()
+
+    async def _run_tasks(self, loop: asyncio.AbstractEventLoop, sources: list[Source],
+                         started: float) -> None:
+        async with asyncio.TaskGroup() as tg:
+            readies: list[asyncio.Future[None]] = []
+            source_tasks = []
+            for src in sources:
+                fut: asyncio.Future[None] = loop.create_future()
+                readies.append(fut)
+                source_tasks.append(tg.create_task(self._run_source(src, fut),
+                                                   name=f"source:{type(src).name}"))
+            await self._wait_ready(readies, source_tasks)
+            await self._discover()
+            if self._refused and len(self._refused) == len(self.options.names):
+                raise self._refused[0]
+            runner = tg.create_task(
+                self.runner.run(self.bus, self._on_event, self.policy.submit),
+                name="runner")
+            helpers = [tg.create_task(self.audit.run_flusher(), name="audit-flusher"),
+                       tg.create_task(self._report_drops(), name="drop-reporter")]
+            if self.options.follow:
+                helpers.append(tg.create_task(self._follow(), name="lifecycle"))
+            self.audit.system("", "started", {
+                "containers": sorted(self._watched), "pattern": self._pattern,
+                "sources": [type(s).name for s in sources],
+                "detectors": list(self.runner.detectors),
+                "monitor_only": self.monitor_only,
+                "startup_ms": round((time.monotonic() - started) * 1000, 1)})
+            self.ready.set()
+            self.print("ready: watching " + (", ".join(sorted(self._watched)) or "nothing yet"))
+            await self._stop.wait()
+            # Shutdown, in order: no new events, drain what is queued, finish responses.
+            for t in source_tasks:
+                t.cancel()
+            self.bus.close()
+            await runner
+            await self.policy.drain()
+            if self._pending:
+                await asyncio.gather(*self._pending, return_exceptions=True)
+            for t in helpers:
+                t.cancel()
 
     async def _wait_ready(self, readies: list[asyncio.Future[None]],
                           tasks: list[asyncio.Task[None]]) -> None:

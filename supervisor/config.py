@@ -48,6 +48,7 @@ DEFAULTS: dict[str, Any] = {
         "queue_size": 65536,
         "sources": ["proc"],
         "follow": True,
+        "run_dir": "~/.coi/run",
     },
     "audit": {"dir": "~/.coi/audit", "fsync": True, "events": "all", "redact_patterns": []},
     "response": {
@@ -91,6 +92,7 @@ SCHEMA: dict[str, tuple[Check, str]] = {
     "watch.queue_size": (lambda v: _is(int)(v) and v >= 16, "an integer >= 16"),
     "watch.sources": (_str_list, "a list of source names"),
     "watch.follow": (_is(bool), "true or false"),
+    "watch.run_dir": (_is(str), "a path"),
     "audit.dir": (_is(str), "a path"),
     "audit.fsync": (_is(bool), "true or false"),
     "audit.events": (_one_of(frozenset({"all", "none"})), "'all' or 'none'"),

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -36,6 +36,9 @@ from coi_watch.errors import (
     RegistryError,
     SourceError,
 )
+
+if TYPE_CHECKING:
+    from coi_watch.app import SupervisorOptions
 
 __all__ = ("app", "fail", "main")
 
@@ -104,9 +107,7 @@ def watch(
 
     Example: coi-watch watch coi-agent-1 --audit-dir /var/log/coi
     """
-    from coi_watch.app import Supervisor, SupervisorOptions
-    from coi_watch.cli.output import Printer
-    from coi_watch.incus import IncusClient
+    from coi_watch.app import SupervisorOptions
 
     cfg = _config(config, {
         "watch.pattern": pattern,
@@ -115,16 +116,51 @@ def watch(
         "watch.follow": follow if not follow else None,
         "rules.paths": [str(p) for p in rules] if rules else None,
     })
+    _supervise(cfg, SupervisorOptions(names=tuple(names or ()), monitor_only=monitor_only,
+                                      follow=cfg.get("watch.follow")), json_out)
+
+
+@app.command()
+def attach(
+    name: Annotated[str, typer.Argument(help="The container (session) to supervise.")],
+    monitor_only: Annotated[bool, typer.Option("--monitor-only",
+                            help="Detect, audit and alert, but never pause or kill.")] = False,
+    rules: Annotated[list[Path] | None, typer.Option("--rules", help="Extra Sigma rule file "
+                     "or folder (repeatable).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+    config: ConfigOpt = None,
+    audit_dir: AuditDirOpt = None,
+    incus_socket: SocketOpt = None,
+) -> None:
+    """Supervise one session for its lifetime: exits when the container stops.
+
+    One supervisor per container, enforced by a lock (~/.coi/run/NAME.lock); a second
+    attach (or a watch that would take the same container) is refused.
+
+    Example: coi-watch attach coi-agent-1
+    """
+    from coi_watch.app import SupervisorOptions
+
+    cfg = _config(config, {
+        "audit.dir": str(audit_dir) if audit_dir else None,
+        "watch.incus_socket": incus_socket,
+        "rules.paths": [str(p) for p in rules] if rules else None,
+    })
+    _supervise(cfg, SupervisorOptions(names=(name,), monitor_only=monitor_only, follow=True,
+                                      exit_when_released=True), json_out)
+
+
+def _supervise(cfg: Config, options: SupervisorOptions, json_out: bool) -> None:
+    from coi_watch.app import Supervisor
+    from coi_watch.cli.output import Printer
+    from coi_watch.incus import IncusClient
+
     printer = Printer(json=json_out)
 
     async def run() -> None:
         client = IncusClient.connect(cfg.get("watch.incus_socket"))
         try:
-            sup = Supervisor(cfg, SupervisorOptions(names=tuple(names or ()),
-                                                    monitor_only=monitor_only,
-                                                    follow=cfg.get("watch.follow")),
-                             client=client, printer=printer)
-            await sup.run()
+            await Supervisor(cfg, options, client=client, printer=printer).run()
         finally:
             await client.close()
 

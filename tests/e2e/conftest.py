@@ -57,10 +57,11 @@ def wait_for(pred: object, timeout: float, interval: float = 0.02) -> bool:
 class Watcher:
     """A real ``coi-watch watch --json`` subprocess, with its output lines collected."""
 
-    def __init__(self, *args: str, audit_dir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *args: str, audit_dir: Path, env: dict[str, str] | None = None,
+                 command: str = "watch", extra: tuple[str, ...] = ()) -> None:
         self.audit_dir = audit_dir
         self.proc = subprocess.Popen(
-            [*COI_WATCH, "watch", "--json", "--audit-dir", str(audit_dir), *args],
+            [*COI_WATCH, command, "--json", "--audit-dir", str(audit_dir), *args, *extra],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, **(env or {})},
         )
@@ -82,8 +83,9 @@ class Watcher:
         raise AssertionError("coi-watch did not become ready")
 
     def stop(self) -> tuple[int, str, str]:
-        """SIGTERM, then collect the rest of the output."""
-        self.proc.terminate()
+        """SIGTERM (unless it already ended), then collect the rest of the output."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
         out, err = self.proc.communicate(timeout=20)
         for line in out.splitlines():
             if line.strip():
@@ -96,7 +98,13 @@ def audit_records(path: Path) -> list[dict[str, object]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
 
 
+def environ() -> dict[str, str]:
+    """The environment for coi-watch subprocesses."""
+    return dict(os.environ)
+
+
 class _E2E:
+    environ = staticmethod(environ)
     incus = staticmethod(incus)
     status = staticmethod(status)
     container = staticmethod(container)
