@@ -181,8 +181,7 @@ async def resume(
     """Thaw a frozen container for ``coi-watch resume``; ``done`` if it ends up Running.
 
     A stopped (killed) container is *not* restarted: that is a ``failed`` record saying so.
-    The record's ``action`` is :attr:`Action.PAUSE` (the action being undone) with a
-    ``detail`` starting ``resumed``, until the contract grows an ``Action.RESUME``.
+    The record's ``action`` is :attr:`Action.RESUME`.
     """
     start = clock()
     status, error, detail = "done", "", ""
@@ -204,7 +203,7 @@ async def resume(
         ts_ns=end,
         wall_ns=time.time_ns(),
         container=name,
-        action=Action.PAUSE,
+        action=Action.RESUME,
         status=status,
         detector="resume",
         detail=detail,

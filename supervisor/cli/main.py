@@ -200,8 +200,9 @@ def resume(
             await client.close()
         audit.action(rec)
         await audit.close()
-        msg = rec.detail or rec.error
-        typer.echo(f"{name}: {rec.action.value} {rec.status}" + (f" ({msg})" if msg else ""))
+        msg = "; ".join(m for m in (rec.detail, rec.error) if m)
+        typer.echo(f"{name}: {rec.action.value} {rec.status}" + (f" ({msg})" if msg else ""),
+                   err=rec.status != "done")
         return 0 if rec.status == "done" else 3
 
     try:
