@@ -45,7 +45,7 @@ from functools import lru_cache
 from typing import Any, Final
 
 import orjson
-import re2  # type: ignore[import-untyped]  # google-re2 ships no type information
+import re2  # google-re2 ships no type information (mypy: ignore_missing_imports)
 
 from coi_watch.errors import ConfigError
 
