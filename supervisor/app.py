@@ -39,14 +39,22 @@ from coi_watch.audit import AuditLog, Redactor
 from coi_watch.bus import Bus
 from coi_watch.config import Config
 from coi_watch.containers import info_from_state
-from coi_watch.errors import ConfigError, IncusError, IncusUnavailable, SourceError
+from coi_watch.errors import (
+    CoiWatchError,
+    ConfigError,
+    IncusError,
+    IncusUnavailable,
+    SourceError,
+)
 from coi_watch.events import Event
 from coi_watch.incus import IncusClient
 from coi_watch.locks import ContainerLock, LockHeld
 from coi_watch.policy import ResponsePolicy
 from coi_watch.protocols import ContainerAware, Responder, Source, SourceContext
 from coi_watch.responders.webhook import WebhookAlerter
+from coi_watch.rules.engine import RuleEngine
 from coi_watch.runner import Runner
+from coi_watch.sigma import SigmaHandle
 from coi_watch.verdicts import Action, ActionRecord, Severity, Verdict
 
 __all__ = ("Supervisor", "SupervisorOptions")
@@ -101,12 +109,15 @@ class Supervisor:
         self._stop = asyncio.Event()
         self._audit_events = config.get("audit.events") == "all"
         self.monitor_only: bool = options.monitor_only or config.get("response.monitor_only")
+        self.sigma: SigmaHandle | None = None
         url = config.get("response.webhook", "")
         self.webhook = WebhookAlerter(url, min_severity=Severity(
             config.get("response.webhook_min_severity", "warning")),
             on_error=lambda m: self._system("", "alert_failed", {"error": m})) if url else None
         self.runner = Runner(self._detector_factories(), on_error=self._detector_error,
                              warn=lambda m: self.print(m))
+        if self.sigma is not None:
+            self.sigma.bind(self._live_sigma)
         self.policy = ResponsePolicy(
             self._responders(),
             self.audit,
@@ -141,6 +152,12 @@ class Supervisor:
             if name == "sigma":
                 cfg.setdefault("rules", self.config.get("rules.paths", []))
                 cfg.setdefault("packs", self.config.get("rules.packs", True))
+                try:
+                    self.sigma = SigmaHandle(cfg, system=self._system, say=self.print)
+                except CoiWatchError as exc:
+                    raise ConfigError(f"Sigma rules: {exc}") from exc
+                factories[name] = self.sigma.factory
+                continue
             try:
                 cls(cfg)  # build once now, so a bad detector config fails at start
             except Exception as exc:
@@ -161,6 +178,10 @@ class Supervisor:
             out[Action(cls.action)] = responder
             del name
         return out
+
+    def _live_sigma(self) -> RuleEngine | None:
+        live = self.runner.detector("sigma")
+        return live if isinstance(live, RuleEngine) else None
 
     # ------------------------------------------------------------------ scope
 
@@ -386,6 +407,8 @@ class Supervisor:
                        tg.create_task(self._report_drops(), name="drop-reporter")]
             if self.options.follow:
                 helpers.append(tg.create_task(self._follow(), name="lifecycle"))
+            if self.sigma is not None and self.config.get("rules.reload", True):
+                helpers.append(tg.create_task(self.sigma.reloader().run(), name="rule-reload"))
             self.audit.system("", "started", {
                 "containers": sorted(self._watched), "pattern": self._pattern,
                 "sources": [type(s).name for s in sources],

@@ -61,7 +61,7 @@ DEFAULTS: dict[str, Any] = {
         "webhook_min_severity": "warning",
     },
     "detectors": {"enabled": []},
-    "rules": {"paths": [], "packs": True},
+    "rules": {"paths": [], "packs": True, "reload": True},
 }
 
 Check = Callable[[Any], bool]
@@ -112,6 +112,7 @@ SCHEMA: dict[str, tuple[Check, str]] = {
     "detectors.enabled": (_str_list, "a list of detector names (empty: all)"),
     "rules.paths": (_str_list, "a list of rule files or folders"),
     "rules.packs": (_is(bool), "true or false"),
+    "rules.reload": (_is(bool), "true or false (hot reload on SIGHUP and file changes)"),
     # The Go original's keys (research/coi-monitor.md, section 6).
     "monitoring.enabled": (_is(bool), "true or false"),
     "monitoring.auto_pause_on_high": (_is(bool), "true or false"),

@@ -80,6 +80,10 @@ class Runner:
         """Names of the detectors, in feeding order."""
         return tuple(s.name for s in self._slots)
 
+    def detector(self, name: str) -> Detector | None:
+        """The live instance of detector ``name`` (it changes when it is restarted)."""
+        return next((s.detector for s in self._slots if s.name == name), None)
+
     def feed(self, ev: Event) -> list[Verdict]:
         """Offer one event to the detectors that consume its kind; return their verdicts."""
         last = self._now.get(ev.container, 0)

@@ -2,9 +2,15 @@
 
 Strategy: appending is synchronous and cheap, so the order of records is fixed at the
 moment they are logged: :meth:`AuditLog.event` (``verdict``, ``action``, ``system``)
-serialises the payload once (orjson), redacts it if its bytes hint at a secret, gives it the
-file's next ``seq`` and the previous line's hash (:mod:`coi_watch.audit.chain`) and adds the
-line to that file's in-memory buffer. Nothing touches the disk on that path.
+serialises the payload once (orjson), redacts it if its bytes hint at a secret, and queues
+it for its file. Nothing touches the disk on that path.
+
+Chaining happens when records are written, under ``flock(2)`` on the file: the writer
+checks whether the file grew since its own last write (another process appended: ``coi-watch
+resume`` records its action in the file a running supervisor writes too) and if so chains
+onto the real last line; then it gives each queued record the next ``seq`` and the previous
+line's hash (:mod:`coi_watch.audit.chain`) and writes them. So any number of processes can
+append to one file and its chain stays whole.
 
 Durability is asked for, not implied. ``await sync(container)`` writes the buffer and
 fsyncs in a worker thread (``asyncio.to_thread``); the response policy calls it after a
@@ -16,8 +22,9 @@ interleaving with :meth:`flush_sync`, and a ``sync`` whose bytes an earlier ``sy
 made durable returns without a thread (group commit).
 
 Failures keep data: a write that fails (``ENOSPC``, ``EIO``) raises :class:`AuditError` from
-``sync`` and leaves the unwritten bytes, down to the exact byte a short write stopped at, in
-the buffer, so the next attempt completes the file as if nothing had happened. If the disk
+``sync``; the file is truncated back to where it was (a short write leaves no half line
+for anyone to chain onto) and every record stays queued, so the next attempt writes them
+as if nothing had happened. If the disk
 stays full, the buffer grows up to ``max_pending`` bytes; beyond that *event* records (never
 verdicts, actions or system records) are dropped before they get a ``seq``, and a
 ``records_dropped`` system record says how many once writing works again.
@@ -37,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import stat
@@ -87,27 +95,36 @@ class AuditStats:
     dropped: int = 0
 
 
-class _File:
-    """One open audit file and its pending bytes.
+Queued = tuple[str, int, int, bytes]
+"""A record waiting to be chained and written: ``(kind, wall_ns, ts_ns, data)``."""
 
-    ``appended``, ``written`` and ``durable`` are byte offsets into the stream of bytes
-    appended since the file was opened; ``durable >= appended`` means nothing is pending.
-    ``state`` guards ``seq``/``prev``/``buf``; ``io`` serialises write(2)+fsync(2).
+
+class _File:
+    """One open audit file and its queued records.
+
+    ``appended`` and ``durable`` count bytes of payload queued since the file was opened and
+    made durable; ``durable >= appended`` means nothing is pending. ``seq``/``prev``/``size``
+    are the chain and the file size as of this process's last write (another process may
+    have appended since: the writer checks ``size``). ``partial`` holds bytes that must be
+    written before the next record (a newline closing a torn tail). ``state`` guards the
+    queue; ``io`` serialises writing.
     """
 
-    __slots__ = ("alock", "appended", "buf", "container", "dropped", "durable",
-                 "failing_since", "fd", "io", "last_report", "path", "prev", "seq", "state",
-                 "written")
+    __slots__ = ("alock", "appended", "container", "dropped", "durable", "failing_since",
+                 "fd", "io", "last_report", "partial", "path", "prev", "queue", "seq", "size",
+                 "state")
 
-    def __init__(self, container: str, path: Path, fd: int, seq: int, prev: str) -> None:
+    def __init__(self, container: str, path: Path, fd: int, seq: int, prev: str,
+                 size: int) -> None:
         self.container = container
         self.path = path
         self.fd = fd
         self.seq = seq
         self.prev = prev
-        self.buf = bytearray()
+        self.size = size
+        self.queue: list[Queued] = []
+        self.partial = bytearray()
         self.appended = 0
-        self.written = 0
         self.durable = 0
         self.dropped = 0
         self.state = threading.Lock()
@@ -254,19 +271,13 @@ class AuditLog:
                 *, droppable: bool = False) -> None:
         f = self._files.get(container) or self._open(container)
         with f.state:
-            if droppable and len(f.buf) >= self.max_pending:
+            if droppable and f.appended - f.durable >= self.max_pending:
                 f.dropped += 1
                 with self._stats_lock:
                     self.stats.dropped += 1
                 return
-            seq = f.seq + 1
-            line = encode_record(seq=seq, kind=kind, wall_ns=wall_ns, ts_ns=ts_ns,
-                                 container=container, data=data, prev=f.prev)
-            f.seq = seq
-            f.prev = line_hash(line)
-            f.buf += line
-            f.buf += b"\n"
-            f.appended += len(line) + 1
+            f.queue.append((kind, wall_ns, ts_ns, data))
+            f.appended += len(data)
         with self._stats_lock:
             self.stats.records[kind] += 1
 
@@ -296,9 +307,8 @@ class AuditLog:
             except AuditError:
                 os.close(fd)
                 raise
-            f = _File(container, path, fd, seq, prev)
-            f.buf += prefix
-            f.appended = len(prefix)
+            f = _File(container, path, fd, seq, prev, os.fstat(fd).st_size)
+            f.partial += prefix
             self._files[container] = f
         for what, detail in notes:
             self.system(container, what, detail)
@@ -310,33 +320,67 @@ class AuditLog:
     # ------------------------------------------------------------------ writing
 
     def _drain(self, f: _File) -> None:
-        """Write ``f``'s buffer and fsync it (caller holds ``f.io``)."""
+        """Chain, write and fsync ``f``'s queued records (caller holds ``f.io``)."""
         if f.fd < 0:
             raise AuditError(f"audit file {f.path} is closed")
+        with f.state:
+            batch = list(f.queue)
+            batch_bytes = f.appended - f.durable
+        if not batch and not f.partial:
+            return
         try:
-            while True:
-                with f.state:
-                    chunk = bytes(f.buf[:_CHUNK])
-                if not chunk:
-                    break
-                n = os.write(f.fd, chunk)
-                with f.state:
-                    # Only what write(2) took leaves the buffer: after a short write the
-                    # rest of the line is written by the next attempt, completing it.
-                    del f.buf[:n]
-                    f.written += n
+            fcntl.flock(f.fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            raise AuditError(_write_failure(f, exc)) from exc
+        try:
+            self._write_locked(f, batch)
+        finally:
+            fcntl.flock(f.fd, fcntl.LOCK_UN)
+        with f.state:
+            del f.queue[: len(batch)]
+            f.durable += batch_bytes
+
+    def _write_locked(self, f: _File, batch: list[Queued]) -> None:
+        """The part of :meth:`_drain` done under the file lock."""
+        try:
+            size = os.fstat(f.fd).st_size
+            if size != f.size:
+                # Another process appended (or the file was cut): chain onto what is there.
+                f.seq, f.prev, prefix, _ = _recover(f.fd)
+                f.partial[:] = prefix
+            seq, prev = f.seq, f.prev
+            out = bytearray(f.partial)
+            for kind, wall_ns, ts_ns, data in batch:
+                seq += 1
+                line = encode_record(seq=seq, kind=kind, wall_ns=wall_ns, ts_ns=ts_ns,
+                                     container=f.container, data=data, prev=prev)
+                prev = line_hash(line)
+                out += line
+                out += b"\n"
+        except OSError as exc:
+            raise AuditError(_write_failure(f, exc)) from exc
+        view = memoryview(out)
+        done = 0
+        try:
+            while done < len(out):
+                done += os.write(f.fd, view[done : done + _CHUNK])
+            if self.fsync:
+                os.fsync(f.fd)
                 with self._stats_lock:
-                    self.stats.bytes_written += n
-            if f.durable < f.written:
-                if self.fsync:
-                    os.fsync(f.fd)
-                    with self._stats_lock:
-                        self.stats.fsyncs += 1
-                f.durable = f.written
+                    self.stats.fsyncs += 1
         except OSError as exc:
             with self._stats_lock:
                 self.stats.write_errors += 1
+            # Leave no half line behind for this or any other writer to chain onto; the
+            # records stay queued and are chained afresh by the next attempt.
+            with contextlib.suppress(OSError):
+                os.ftruncate(f.fd, size)
             raise AuditError(_write_failure(f, exc)) from exc
+        view.release()
+        f.seq, f.prev, f.size = seq, prev, size + len(out)
+        f.partial.clear()
+        with self._stats_lock:
+            self.stats.bytes_written += len(out)
 
     def _write_out(self, f: _File) -> None:
         """Make everything appended to ``f`` so far durable (blocking)."""
@@ -497,8 +541,8 @@ def _write_failure(f: _File, exc: OSError) -> str:
             errno.EIO: "I/O error", errno.EROFS: "file system is read-only"}.get(
                 exc.errno or 0, "write failed")
     with f.state:
-        kept = len(f.buf)
-    return (f"audit file {f.path}: {what} ({_strerror(exc)}); {kept} bytes of records kept "
+        kept = len(f.queue)
+    return (f"audit file {f.path}: {what} ({_strerror(exc)}); {kept} records kept "
             f"in memory for the next sync")
 
 

@@ -309,7 +309,9 @@ async def test_a_failed_write_raises_and_keeps_every_record(tmp_path: Path,
         await log.sync("c1")
     assert log.stats.write_errors == 1
     assert log.pending("c1") > 0
-    assert not verify_file(tmp_path / "c1.jsonl").ok  # half a line on disk for now
+    # The short write was cut back: what is on disk still verifies, nothing is half-written.
+    on_disk = verify_file(tmp_path / "c1.jsonl")
+    assert on_disk.ok and on_disk.records == 1
 
     flaky.fail = None
     await log.sync("c1")
@@ -436,3 +438,21 @@ def test_unreadable_complete_last_lines_are_skipped_when_reopening(tmp_path: Pat
     assert recs[1]["seq"] == 4
     result = verify_file(path)
     assert result.error is not None and result.error.line == 3
+
+
+async def test_two_writers_on_one_file_keep_one_chain(tmp_path: Path) -> None:
+    """A supervisor and ``coi-watch resume`` (another process) append to the same file."""
+    first, second = AuditLog(tmp_path), AuditLog(tmp_path)
+    first.event(make_exec(pid=1))
+    await first.sync()
+    second.action(make_action())  # the other process chains onto what is on disk
+    await second.sync()
+    first.event(make_exec(pid=2))
+    first.verdict(make_verdict())
+    await first.sync()  # ...and so does this one, after the other's record
+    second.action(make_action())
+    await second.close()
+    await first.close()
+    result = verify_file(tmp_path / "c1.jsonl")
+    assert result.ok, result.error
+    assert [r["seq"] for r in records(tmp_path / "c1.jsonl")] == [1, 2, 3, 4, 5]

@@ -176,19 +176,23 @@ HOSTILE_UNITS = [
 
 
 @pytest.mark.parametrize("unit", HOSTILE_UNITS)
-def test_a_hostile_mebibyte_redacts_in_well_under_a_second(unit: str) -> None:
+def test_a_hostile_mebibyte_redacts_in_linear_time(unit: str) -> None:
     text = (unit * (2**20 // len(unit) + 1))[: 2**20]
     start = time.perf_counter()
     R.redact_text(text)
     R.redact([text, text[:1000]])
-    assert time.perf_counter() - start < 1.0
+    # Linear time: ~0.1 s here; a super-linear pattern would take minutes on 1 MiB. The
+    # bound is loose because CI machines are noisy (figures live in bench/).
+    assert time.perf_counter() - start < 5.0
 
 
 def test_a_user_pattern_cannot_backtrack() -> None:
     evil = Redactor(patterns=[r"(a+)+$"], flag_values=False, secret_keys=False)
     start = time.perf_counter()
     evil.redact_text("a" * 100_000 + "!")
-    assert time.perf_counter() - start < 1.0
+    # Linear time: ~0.1 s here; a super-linear pattern would take minutes on 1 MiB. The
+    # bound is loose because CI machines are noisy (figures live in bench/).
+    assert time.perf_counter() - start < 5.0
 
 
 json_values = st.recursive(
