@@ -332,6 +332,13 @@ class Supervisor:
             return
         if action in ("instance-started", "instance-resumed") and self._matches(name):
             self._attach(name)
+        elif action == "instance-restarted" and name in self._watched:
+            # A restart sends neither stopped nor started: the container has a new init pid
+            # and new mounts, so per-container sources attach again (attach is idempotent).
+            self.audit.system(name, "restarted", {})
+            self._background(self._attach_sources(name))
+        elif action == "instance-restarted" and self._matches(name):
+            self._attach(name)
         elif action in ("instance-stopped", "instance-deleted", "instance-shutdown"):
             self._detach(name, action)
 
