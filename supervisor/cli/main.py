@@ -226,6 +226,9 @@ def _mount_subcommands() -> None:
     from coi_watch.cli.replay import replay
 
     app.command()(replay)
+    from coi_watch.cli.health import health
+
+    app.command()(health)
 
 
 _mount_subcommands()
