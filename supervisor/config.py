@@ -307,6 +307,9 @@ def _translate_legacy(cfg: Config) -> None:
         value = {"warn": "warning"}.get(mon["reverse_shell_one_liners"],
                                         mon["reverse_shell_one_liners"])
         dets.setdefault("reverse_shell", {}).setdefault("one_liners", value)
+    for key in ("process_count_threshold", "process_spawn_rate_threshold"):
+        if key in mon:
+            dets.setdefault("resources", {}).setdefault(key, mon[key])
     if mon.get("forensics_on_kill"):
         cfg.data["response"]["snapshot_before_kill"] = True
     if "poll_interval_sec" in mon:
