@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fnmatch
 import functools
 import os
@@ -39,6 +40,7 @@ from coi_watch.audit import AuditLog, Redactor
 from coi_watch.bus import Bus
 from coi_watch.config import Config
 from coi_watch.containers import info_from_state
+from coi_watch.control import ControlServer
 from coi_watch.errors import (
     CoiWatchError,
     ConfigError,
@@ -51,6 +53,8 @@ from coi_watch.incus import IncusClient
 from coi_watch.locks import ContainerLock, LockHeld
 from coi_watch.policy import ResponsePolicy
 from coi_watch.protocols import ContainerAware, Responder, Source, SourceContext
+from coi_watch.responders.incus import resume as incus_resume
+from coi_watch.responders.quarantine import QuarantineResponder
 from coi_watch.responders.webhook import WebhookAlerter
 from coi_watch.rules.engine import RuleEngine
 from coi_watch.runner import Runner
@@ -118,8 +122,9 @@ class Supervisor:
                              warn=lambda m: self.print(m))
         if self.sigma is not None:
             self.sigma.bind(self._live_sigma)
+        self.responders = self._responders()
         self.policy = ResponsePolicy(
-            self._responders(),
+            self.responders,
             self.audit,
             ladder=config.ladder,
             dedup_window_s=config.get("response.dedup_window_s"),
@@ -127,6 +132,7 @@ class Supervisor:
             detector_modes={n: config.detector(n).get("mode", "enforce")
                             for n in self.runner.detectors},
             status_of=self.client.status,
+            quarantined=self._is_quarantined,
             snapshot_before_kill=config.get("response.snapshot_before_kill", False),
             alerts=[self.webhook] if self.webhook else [],
             alert_min=Severity(config.get("response.webhook_min_severity", "warning")),
@@ -170,7 +176,8 @@ class Supervisor:
         out: dict[Action, Responder] = {}
         for name, cls in registry.load_all("coi_watch.responders").items():
             cfg = {"socket": self.config.get("watch.incus_socket"),
-                   "snapshot_retention": self.config.get("response.snapshot_retention", 3)}
+                   **{k: self.config.get(f"response.{k}") for k in (
+                       "snapshot_retention", "quarantine_permitted", "quarantine_resolvers")}}
             try:
                 responder = cls(cfg, client=self.client)
             except TypeError:
@@ -178,6 +185,49 @@ class Supervisor:
             out[Action(cls.action)] = responder
             del name
         return out
+
+    def _is_quarantined(self, name: str) -> bool:
+        q = self.responders.get(Action.QUARANTINE)
+        return isinstance(q, QuarantineResponder) and q.quarantined(name)
+
+    async def resume(self, name: str) -> ActionRecord:
+        """Lift a pause and a quarantine of ``name`` (``coi-watch resume`` through the
+        control endpoint), and audit it."""
+        rec = await incus_resume(self.client, name)
+        q = self.responders.get(Action.QUARANTINE)
+        if isinstance(q, QuarantineResponder):
+            try:
+                if await q.lift(name):
+                    rec = dataclasses.replace(rec, detail=rec.detail + "; quarantine lifted")
+            except CoiWatchError as exc:
+                rec = dataclasses.replace(rec, status="failed",
+                                          error=f"{rec.error}; quarantine: {exc}".strip("; "))
+        self.audit.action(rec)
+        await self.audit.sync(name)
+        self.print(rec)
+        return rec
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for ``GET /stats``: events, verdicts, drops, actions, containers."""
+        return {
+            "pid": os.getpid(),
+            "containers": sorted(self._watched),
+            "sources": [type(s).name for s in self._sources],
+            "detectors": list(self.runner.detectors),
+            "events": self.runner.stats.events,
+            "verdicts": self.runner.stats.verdicts,
+            "detector_restarts": self.runner.stats.restarts,
+            "bus": {"published": self.bus.stats.published, "delivered": self.bus.stats.delivered,
+                    "high_water": self.bus.stats.high_water, "queued": len(self.bus)},
+            "dropped": [{"container": c, "source": s, "kind": k, "count": n}
+                        for (c, s, k), n in sorted(self.bus.stats.dropped.items())],
+            "policy": {"verdicts": self.policy.stats.verdicts,
+                       "duplicates": self.policy.stats.duplicates,
+                       "actions": self.policy.stats.actions,
+                       "failures": self.policy.stats.failures},
+            "audit": {"records": self.audit.stats.records,
+                      "write_errors": self.audit.stats.write_errors},
+        }
 
     def _live_sigma(self) -> RuleEngine | None:
         live = self.runner.detector("sigma")
@@ -366,6 +416,8 @@ class Supervisor:
         """
         self.audit.check()
         loop = asyncio.get_running_loop()
+        control = ControlServer(self._run_dir, resume=self.resume, stats=self.stats)
+        await control.start()
         for sig in (signal.SIGINT, signal.SIGTERM):
             # Not possible outside the main thread (some tests); stop() still works there.
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -389,6 +441,12 @@ class Supervisor:
             self.audit.system("", "stopped", {"events": self.runner.stats.events,
                                               "verdicts": self.runner.stats.verdicts,
                                               "dropped": self.bus.stats.dropped_total})
+            await control.close()
+            for responder in self.responders.values():
+                aclose = getattr(responder, "aclose", None)
+                if aclose is not None:
+                    with contextlib.suppress(CoiWatchError, OSError):
+                        await aclose()
             if self.webhook is not None:
                 await self.webhook.close()
             await self.audit.close()

@@ -58,6 +58,8 @@ DEFAULTS: dict[str, Any] = {
         "snapshot_before_kill": False,
         "snapshot_retention": 3,
         "webhook": "",
+        "quarantine_permitted": [],
+        "quarantine_resolvers": [],
         "webhook_min_severity": "warning",
     },
     "detectors": {"enabled": []},
@@ -103,6 +105,8 @@ SCHEMA: dict[str, tuple[Check, str]] = {
     "response.snapshot_retention": (lambda v: _is(int)(v) and v >= 1, "an integer >= 1"),
     "response.webhook": (lambda v: isinstance(v, str) and (v == "" or v.startswith(
         ("http://", "https://"))), "an http(s) URL or empty"),
+    "response.quarantine_permitted": (_str_list, "a list of addresses or CIDRs"),
+    "response.quarantine_resolvers": (_str_list, "a list of resolver addresses"),
     "response.webhook_min_severity": (_one_of(frozenset(s.value for s in Severity)),
                                       "info|warning|high|critical"),
     **{

@@ -13,9 +13,11 @@ Decisions, in order:
 2. **Mode.** ``--monitor-only`` or a verdict in ``monitor`` mode never acts: the action is
    audited as ``skipped`` ("would pause") and still alerted.
 3. **Dedup.** A verdict with the same ``(container, dedup_key)`` within the window (default
-   30 s) is counted as a duplicate and not acted on again. A pause, though, is *re-armed*:
-   if the duplicate arrives while Incus says the container runs again (somebody resumed
-   it), the pause is carried out again. The state comes from Incus, not from a flag here.
+   30 s) is counted as a duplicate and not acted on again. A pause or quarantine, though, is
+   *re-armed*: if the duplicate arrives while Incus says the container runs again
+   (somebody resumed it), or coi-watch's nftables table no longer holds its quarantine,
+   the action is carried out again. The state comes from Incus and the kernel's table, not
+   from a flag here.
 4. **Containment first.** ``kill`` is carried out as pause (freeze: milliseconds), then,
    when ``snapshot_before_kill`` is on, a forensic snapshot of the frozen container, then
    kill (forced stop: about half a second), each audited; a container already killed by
@@ -76,6 +78,7 @@ class ResponsePolicy:
         monitor_only: bool = False,
         detector_modes: Mapping[str, str] | None = None,
         status_of: StatusOf | None = None,
+        quarantined: Callable[[str], bool] | None = None,
         snapshot_before_kill: bool = False,
         alerts: Sequence[AlertSink] = (),
         alert_min: Severity = Severity.WARNING,
@@ -89,6 +92,7 @@ class ResponsePolicy:
         self._monitor_only = monitor_only
         self._modes = dict(detector_modes or {})
         self._status_of = status_of
+        self._quarantined = quarantined
         self._snapshot = snapshot_before_kill
         self._alerts = tuple(alerts)
         self._alert_min = alert_min
@@ -128,7 +132,7 @@ class ResponsePolicy:
         last = self._seen.get(key)
         if last is not None and now - last[0] < self._window_ns:
             self.stats.duplicates += 1
-            if last[1] is Action.PAUSE and action is Action.PAUSE and self._status_of:
+            if last[1] is action and action in (Action.PAUSE, Action.QUARANTINE):
                 self._spawn(self._rearm(v, action, key))
             return
         self._seen[key] = (now, action)
@@ -149,13 +153,18 @@ class ResponsePolicy:
         task.add_done_callback(self._tasks.discard)
 
     async def _rearm(self, v: Verdict, action: Action, key: tuple[str, str]) -> None:
-        assert self._status_of is not None
-        try:
-            status = await self._status_of(v.container)
-        except Exception as exc:  # the re-arm check is best effort; the verdict is audited
-            print(f"coi-watch: cannot read state of {v.container}: {exc}", file=sys.stderr)
-            return
-        if status == "Running":
+        if action is Action.QUARANTINE:
+            lifted = self._quarantined is not None and not self._quarantined(v.container)
+        else:
+            if self._status_of is None:
+                return
+            try:
+                status = await self._status_of(v.container)
+            except Exception as exc:  # best effort; the verdict itself is audited
+                print(f"coi-watch: cannot read state of {v.container}: {exc}", file=sys.stderr)
+                return
+            lifted = status == "Running"
+        if lifted:
             self._seen[key] = (self._clock(), action)
             await self._respond(v, action)
 

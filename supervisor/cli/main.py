@@ -20,6 +20,7 @@ code   meaning
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -179,11 +180,15 @@ def resume(
     audit_dir: AuditDirOpt = None,
     incus_socket: SocketOpt = None,
 ) -> None:
-    """Unfreeze a container paused by coi-watch, and record it in its audit log.
+    """Unfreeze a container paused by coi-watch, lift its quarantine, and record it.
+
+    With a supervisor watching the container, the supervisor does it (it owns the
+    quarantine rules); otherwise the container is unfrozen through Incus directly.
 
     Example: coi-watch resume coi-agent-1
     """
     from coi_watch.audit import AuditLog
+    from coi_watch.control import request_resume
     from coi_watch.incus import IncusClient
     from coi_watch.responders.incus import resume as do_resume
 
@@ -191,15 +196,19 @@ def resume(
                            "watch.incus_socket": incus_socket})
 
     async def run() -> int:
-        audit = AuditLog(cfg.audit_dir)
-        audit.check()
-        client = IncusClient.connect(cfg.get("watch.incus_socket"))
-        try:
-            rec = await do_resume(client, name)
-        finally:
-            await client.close()
-        audit.action(rec)
-        await audit.close()
+        run_dir = Path(os.path.expanduser(cfg.get("watch.run_dir")))
+        # A running supervisor owns the container's state (its quarantine rules): ask it.
+        rec = await request_resume(run_dir, name)
+        if rec is None:
+            audit = AuditLog(cfg.audit_dir)
+            audit.check()
+            client = IncusClient.connect(cfg.get("watch.incus_socket"))
+            try:
+                rec = await do_resume(client, name)
+            finally:
+                await client.close()
+            audit.action(rec)
+            await audit.close()
         msg = "; ".join(m for m in (rec.detail, rec.error) if m)
         typer.echo(f"{name}: {rec.action.value} {rec.status}" + (f" ({msg})" if msg else ""),
                    err=rec.status != "done")
