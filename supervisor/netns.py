@@ -177,26 +177,37 @@ class Ran:
 
 
 async def run_in_netns(
-    ns: NetNs, argv: Sequence[str], *, stdin: bytes | None = None, timeout: float = 10.0
+    ns: NetNs,
+    argv: Sequence[str],
+    *,
+    stdin: bytes | None = None,
+    timeout: float = 10.0,
+    on_start: Callable[[int], None] | None = None,
 ) -> Ran:
     """Run ``argv`` inside ``ns`` through ``nsenter --net`` (no other namespace changes).
 
     The command keeps our mount namespace, so host binaries (``nft``) are used, and acts
-    on the target's network namespace only.
+    on the target's network namespace only. ``on_start(pid)`` is called as soon as the
+    process exists and before it is given ``stdin`` (so a command that reads its work from
+    stdin, like ``nft -f -``, has done nothing yet); ``nsenter`` execs in place, so this is
+    the pid of ``argv[0]`` itself.
 
     Raises:
         OSError: ``nsenter`` cannot be started.
         TimeoutError: the command did not finish in ``timeout`` seconds (it is killed).
     """
+    pass_fds: tuple[int, ...] = ()
     if isinstance(ns, int):
         target, pass_fds = f"--net=/proc/self/fd/{ns}", (ns,)
     else:
-        target, pass_fds = f"--net={ns}", ()
+        target = f"--net={ns}"
     proc = await asyncio.create_subprocess_exec(
         "nsenter", target, "--", *argv,
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, pass_fds=pass_fds,
     )  # fmt: skip
+    if on_start is not None:
+        on_start(proc.pid)
     try:
         out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
     except BaseException:
