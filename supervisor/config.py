@@ -46,7 +46,7 @@ DEFAULTS: dict[str, Any] = {
         "pattern": "coi-*",
         "incus_socket": "/var/lib/incus/unix.socket",
         "queue_size": 65536,
-        "sources": ["proc"],
+        "sources": ["proc", "nflog", "conntrack", "fanotify"],
         "follow": True,
         "run_dir": "~/.coi/run",
     },
@@ -314,6 +314,10 @@ def _translate_legacy(cfg: Config) -> None:
     for key in ("process_count_threshold", "process_spawn_rate_threshold"):
         if key in mon:
             dets.setdefault("resources", {}).setdefault(key, mon[key])
+    for key in ("file_read_threshold_mb", "file_read_rate_mb_per_sec",
+                "file_write_threshold_mb", "file_write_rate_mb_per_sec"):
+        if key in mon:
+            dets.setdefault("exfiltration", {}).setdefault(key, mon[key])
     if mon.get("forensics_on_kill"):
         cfg.data["response"]["snapshot_before_kill"] = True
     if "poll_interval_sec" in mon:

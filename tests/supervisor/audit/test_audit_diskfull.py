@@ -28,7 +28,8 @@ def tiny_fs(tmp_path: Path) -> Iterator[Path]:
     try:
         yield mnt
     finally:
-        subprocess.run(["umount", str(mnt)], check=True)
+        # Lazy, so a file a failed test left open cannot leave the mount behind.
+        subprocess.run(["umount", "--lazy", str(mnt)], check=True)
 
 
 def fill(path: Path) -> None:
