@@ -295,14 +295,19 @@ class Supervisor:
             self.audit.system(name, "attach_failed", {"error": str(exc)})
             self.print(f"cannot read the state of {name}: {exc}")
             return
+        armed = []
         for src in self._sources:
             if isinstance(src, ContainerAware) and name in self._watched:
                 try:
                     await src.attach(info)
+                    armed.append(type(src).name)
                 except Exception as exc:  # one source's trouble must not unwatch the rest
                     self.audit.system(name, "source_attach_failed",
                                       {"source": type(src).name, "error": str(exc)})
                     self.print(f"source {type(src).name} cannot watch {name}: {exc}")
+        self.audit.system(name, "sources_attached", {"sources": armed,
+                                                     "veths": list(info.host_veths)})
+        self.print(f"sources attached to {name}: {', '.join(armed) or 'none'}")
 
     def _detach(self, name: str, why: str) -> None:
         if name not in self._watched:
