@@ -14,6 +14,9 @@ import shutil
 
 import pytest
 
+# Shared fixtures: a fake incusd on a unix socket (sock_path, fake, client).
+pytest_plugins = ["support.fake_incus"]
+
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 INCUS_SOCKET = os.environ.get("COI_INCUS_SOCKET", "/var/lib/incus/unix.socket")
 TEST_IMAGE = os.environ.get("COI_TESTBED_IMAGE", "coi-bb")

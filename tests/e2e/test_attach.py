@@ -26,7 +26,7 @@ def test_second_supervisor_is_refused_and_attach_ends_with_the_container(
             e2e.incus("stop", "--force", name)
             assert first.proc.wait(timeout=20) == 0
         finally:
-            rc, _out, err = first.stop()
+            first.stop()
         released = [line for line in first.lines if line.get("kind") == "note"
                     and str(line.get("message", "")).startswith(f"released {name}")]
         assert released, first.lines

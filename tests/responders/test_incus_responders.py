@@ -5,104 +5,20 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import Iterator
 
-import orjson
 import pytest
 from aiohttp import web
+
+# The fake incusd; its fixtures (sock_path, fake, client) come from the support plugin.
+from support.fake_incus import FakeIncus, serve
 
 from coi_watch.incus import IncusClient
 from coi_watch.protocols import Responder
 from coi_watch.responders.incus import KillResponder, PauseResponder, resume
 from coi_watch.verdicts import Action, Severity, Verdict
-
-# (action, status) -> (new status, error code, text), as incusd 6.0.4 answers
-_RULES = {
-    ("freeze", "Running"): ("Frozen", 0, ""),
-    ("freeze", "Frozen"): ("Frozen", 500, "The container is already frozen"),
-    ("freeze", "Stopped"): ("Stopped", 500, "The instance isn't running"),
-    ("unfreeze", "Frozen"): ("Running", 0, ""),
-    ("unfreeze", "Running"): ("Running", 500, "The container is already running"),
-    ("unfreeze", "Stopped"): ("Stopped", 500, "The container isn't running"),
-    ("stop", "Running"): ("Stopped", 0, ""),
-    ("stop", "Frozen"): ("Stopped", 0, ""),
-    ("stop", "Stopped"): ("Stopped", 400, "The instance is already stopped"),
-}
-
-
-def _json(body: dict[str, Any], status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
-
-
-class FakeIncus:
-    def __init__(self) -> None:
-        self.status = {"c1": "Running", "c2": "Stopped"}
-        self.ops: dict[str, tuple[int, str]] = {}
-        self.puts: list[dict[str, Any]] = []
-        self.app = web.Application()
-        self.app.router.add_get("/1.0/instances/{name}/state", self.get_state)
-        self.app.router.add_put("/1.0/instances/{name}/state", self.put_state)
-        self.app.router.add_get("/1.0/operations/{id}/wait", self.wait)
-
-    def _missing(self, name: str) -> web.Response:
-        text = f'Failed to fetch instance "{name}" in project "default": Instance not found'
-        return _json({"type": "error", "error_code": 404, "error": text}, 404)
-
-    async def get_state(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        if name not in self.status:
-            return self._missing(name)
-        return _json({"type": "sync", "metadata": {"status": self.status[name]}})
-
-    async def put_state(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        if name not in self.status:
-            return self._missing(name)
-        body = orjson.loads(await request.read())
-        self.puts.append(body)
-        new, code, text = _RULES[body["action"], self.status[name]]
-        if not code:
-            self.status[name] = new
-        op = str(uuid.uuid4())
-        self.ops[op] = (code, text)
-        return _json({"type": "async", "operation": f"/1.0/operations/{op}"}, 202)
-
-    async def wait(self, request: web.Request) -> web.Response:
-        code, text = self.ops[request.match_info["id"]]
-        if code:
-            return _json({"type": "error", "error_code": code, "error": text})
-        return _json({"type": "sync", "metadata": {"status": "Success", "err": ""}})
-
-
-@pytest.fixture
-def sock_path() -> Iterator[str]:
-    with tempfile.TemporaryDirectory(prefix="coi-resp-") as d:
-        yield os.path.join(d, "unix.socket")
-
-
-async def _serve(fake: FakeIncus, path: str) -> web.AppRunner:
-    runner = web.AppRunner(fake.app)
-    await runner.setup()
-    await web.UnixSite(runner, path).start()
-    return runner
-
-
-@pytest.fixture
-async def fake(sock_path: str) -> AsyncIterator[FakeIncus]:
-    f = FakeIncus()
-    runner = await _serve(f, sock_path)
-    yield f
-    await runner.cleanup()
-
-
-@pytest.fixture
-async def client(fake: FakeIncus, sock_path: str) -> AsyncIterator[IncusClient]:
-    async with IncusClient.connect(sock_path) as c:
-        yield c
 
 
 def verdict(container: str, ts_ns: int = 0) -> Verdict:
@@ -206,7 +122,7 @@ async def test_pause_retries_until_incusd_is_back(sock_path: str) -> None:
 
     async def restart() -> None:
         await asyncio.sleep(0.4)
-        runners.append(await _serve(fake, sock_path))
+        runners.append(await serve(fake, sock_path))
 
     task = asyncio.create_task(restart())
     pause = PauseResponder({"socket": sock_path, "retry_attempts": 6})

@@ -22,7 +22,7 @@ def test_builtin_detector_loads_and_satisfies_protocol() -> None:
 
 
 def test_unknown_names_and_groups() -> None:
-    with pytest.raises(RegistryError, match="no coi_watch.detectors plugin named 'nope'"):
+    with pytest.raises(RegistryError, match=r"no coi_watch\.detectors plugin named 'nope'"):
         registry.load("coi_watch.detectors", "nope")
     with pytest.raises(RegistryError, match="unknown plugin group"):
         registry.available("coi_watch.nothing")
