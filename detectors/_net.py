@@ -1,4 +1,4 @@
-"""Network helpers shared by the network detectors: addresses, domains, entropy, config.
+"""Network helpers shared by the network detectors: addresses, domains, entropy.
 
 Strategy: everything here is called per event on data a container controls, so each helper
 is linear in its input, never uses a regex, and caches only in bounded tables.
@@ -21,8 +21,9 @@ is linear in its input, never uses a regex, and caches only in bounded tables.
   and never hold a key longer than a real address (72 characters) or tail (256).
 - **Entropy.** :func:`shannon` is the Shannon entropy in bits per character, computed with
   :class:`collections.Counter` (one C-speed pass).
-- **Config.** :class:`DetectorConfigError` is a :class:`~coi_watch.errors.ConfigError` *and* a
-  :class:`ValueError`; the ``cfg_*`` readers name the offending ``detectors.NAME.key``.
+
+Config validation (keys, numbers, levels, address lists) is in
+:mod:`coi_watch.detectors._config`, shared with the host detectors.
 """
 
 from __future__ import annotations
@@ -32,28 +33,17 @@ import ipaddress
 import math
 import socket
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
-
-from coi_watch.errors import ConfigError
-from coi_watch.verdicts import Severity
 
 __all__ = (
     "FALLBACK_SUFFIXES",
     "PSL_LABELS",
     "CidrSet",
-    "DetectorConfigError",
     "IPAddress",
     "Network",
     "addr_key",
     "canon",
-    "cfg_bool",
-    "cfg_int",
-    "cfg_networks",
-    "cfg_number",
-    "cfg_severity",
-    "cfg_strings",
-    "check_keys",
     "classify",
     "is_reverse_name",
     "parse_network",
@@ -63,11 +53,6 @@ __all__ = (
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-class DetectorConfigError(ConfigError, ValueError):
-    """A detector config key has a bad value (a ``ValueError`` too, for callers that expect
-    one); the message starts with ``detectors.NAME.KEY``."""
 
 
 # ----------------------------------------------------------------------------- addresses
@@ -317,82 +302,3 @@ def shannon(text: str) -> float:
     log2 = math.log2
     return -sum(c / n * log2(c / n) for c in Counter(text).values())
 
-
-# ----------------------------------------------------------------------------- config
-
-_SEVERITIES = {s.value: s for s in Severity} | {"warn": Severity.WARNING}
-
-
-def check_keys(detector: str, cfg: Mapping[str, Any], known: Iterable[str]) -> None:
-    """Refuse unknown keys (``mode`` is the policy's and always allowed)."""
-    allowed = set(known) | {"mode"}
-    unknown = sorted(set(cfg) - allowed)
-    if unknown:
-        raise DetectorConfigError(
-            f"detectors.{detector}: unknown keys {unknown}; known: {sorted(allowed - {'mode'})}"
-        )
-
-
-def cfg_number(detector: str, cfg: Mapping[str, Any], key: str, default: float, *,
-               minimum: float = 0.0, strict: bool = True) -> float:
-    """A number ``> minimum`` (``>= minimum`` when not ``strict``); booleans refused."""
-    value = cfg.get(key, default)
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and (value > minimum if strict else value >= minimum):
-        return float(value)
-    bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
-    raise DetectorConfigError(f"detectors.{detector}.{key}: a number {bound}, got {value!r}")
-
-
-def cfg_int(detector: str, cfg: Mapping[str, Any], key: str, default: int, *,
-            minimum: int = 1) -> int:
-    """An integer ``>= minimum``; booleans refused."""
-    value = cfg.get(key, default)
-    if type(value) is int and value >= minimum:
-        return value
-    raise DetectorConfigError(
-        f"detectors.{detector}.{key}: an integer >= {minimum}, got {value!r}"
-    )
-
-
-def cfg_bool(detector: str, cfg: Mapping[str, Any], key: str, default: bool) -> bool:
-    """A boolean."""
-    value = cfg.get(key, default)
-    if isinstance(value, bool):
-        return value
-    raise DetectorConfigError(f"detectors.{detector}.{key}: true or false, got {value!r}")
-
-
-def cfg_strings(detector: str, cfg: Mapping[str, Any], key: str,
-                default: Iterable[str] = ()) -> list[str]:
-    """A list of non-empty strings."""
-    value = cfg.get(key, list(default))
-    if isinstance(value, list | tuple) and all(isinstance(v, str) and v for v in value):
-        return list(value)
-    raise DetectorConfigError(
-        f"detectors.{detector}.{key}: a list of non-empty strings, got {value!r}"
-    )
-
-
-def cfg_severity(detector: str, cfg: Mapping[str, Any], key: str, default: str) -> Severity:
-    """``info``, ``warning`` (or ``warn``), ``high`` or ``critical``."""
-    value = cfg.get(key, default)
-    if isinstance(value, str) and value in _SEVERITIES:
-        return _SEVERITIES[value]
-    raise DetectorConfigError(
-        f"detectors.{detector}.{key}: one of {sorted(_SEVERITIES)}, got {value!r}"
-    )
-
-
-def cfg_networks(detector: str, cfg: Mapping[str, Any], key: str,
-                 default: Iterable[str] = ()) -> list[Network]:
-    """A list of IPs/CIDRs."""
-    out = []
-    for item in cfg_strings(detector, cfg, key, default):
-        try:
-            out.append(parse_network(item))
-        except ValueError:
-            raise DetectorConfigError(
-                f"detectors.{detector}.{key}: {item!r} is not an IP address or CIDR"
-            ) from None
-    return out

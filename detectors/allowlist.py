@@ -43,18 +43,21 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from coi_watch.detectors._net import (
-    CidrSet,
+from coi_watch.detectors._config import (
     DetectorConfigError,
-    Network,
-    addr_key,
-    canon,
     cfg_bool,
     cfg_int,
+    cfg_networks,
     cfg_number,
     cfg_severity,
     cfg_strings,
     check_keys,
+)
+from coi_watch.detectors._net import (
+    CidrSet,
+    Network,
+    addr_key,
+    canon,
     classify,
     parse_network,
 )
@@ -135,15 +138,7 @@ class Allowlist:
         self._max_ttl_ns = int(cfg_number(_NAME, cfg, "max_ttl_s", 86400) * _SEC)
         if self._max_ttl_ns < self._min_ttl_ns:
             raise DetectorConfigError(f"detectors.{_NAME}.max_ttl_s: must be >= min_ttl_s")
-        resolvers = []
-        for item in cfg_strings(_NAME, cfg, "resolvers"):
-            try:
-                resolvers.append(parse_network(item))
-            except ValueError:
-                raise DetectorConfigError(
-                    f"detectors.{_NAME}.resolvers: {item!r} is not an IP address or CIDR"
-                ) from None
-        self._resolvers = CidrSet(resolvers)
+        self._resolvers = CidrSet(cfg_networks(_NAME, cfg, "resolvers"))
         self._multicast = cfg_bool(_NAME, cfg, "allow_multicast", True)
         self._severity = cfg_severity(_NAME, cfg, "severity", "high")
         cap = cfg_int(_NAME, cfg, "max_addresses", 65536)

@@ -69,7 +69,6 @@ first out).
 
 from __future__ import annotations
 
-import math
 import re
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -78,10 +77,18 @@ from types import MappingProxyType
 from typing import Any, ClassVar
 
 from coi_watch.detectors._cmdline import base_name, normalize, parse_script, unquote
+from coi_watch.detectors._config import (
+    LEVELS,
+    DetectorConfigError,
+    cfg_int,
+    cfg_level,
+    cfg_number,
+    cfg_strings,
+    check_keys,
+)
 from coi_watch.detectors._windows import LruMap
-from coi_watch.errors import ConfigError
 from coi_watch.events import Event, FileAccess, ProcExec
-from coi_watch.verdicts import Severity, Verdict
+from coi_watch.verdicts import Verdict
 
 __all__ = (
     "CLIENTS",
@@ -132,12 +139,9 @@ CLIENTS: Mapping[str, frozenset[str]] = MappingProxyType({
 """Programs exempt per kind of credential file (comm / program names)."""
 _CLIENT_TASKS = {kind: frozenset(n[:15] for n in names) for kind, names in CLIENTS.items()}
 
-_LEVELS: Mapping[str, Severity | None] = {
-    "critical": Severity.CRITICAL, "high": Severity.HIGH, "warning": Severity.WARNING,
-    "info": Severity.INFO, "off": None,
-}
-_KEYS = frozenset({"window_s", "sources_threshold", "scan_level", "environ_level",
-                   "workspace_dirs", "allow_programs", "mode"})
+_NAME = "credentials"
+_KEYS = ("window_s", "sources_threshold", "scan_level", "environ_level", "workspace_dirs",
+         "allow_programs")
 _COMM = 15  # TASK_COMM_LEN - 1: comm is cut to this
 _READ_OPS = frozenset({"open", "access", "close_nowrite"})
 _EVIDENCE_SOURCES, _EVIDENCE_CHARS = 16, 256
@@ -423,35 +427,23 @@ class CredentialAccess:
         ConfigError: an unknown key, or a value of the wrong type or out of range.
     """
 
-    name: ClassVar[str] = "credentials"
+    name: ClassVar[str] = _NAME
     consumes: ClassVar[frozenset[str]] = frozenset({"proc.exec", "file.access"})
 
     def __init__(self, config: Mapping[str, Any] | None = None) -> None:
         cfg = dict(config or {})
-        unknown = sorted(set(cfg) - _KEYS)
-        if unknown:
-            raise ConfigError(f"detectors.credentials: unknown keys {unknown}; "
-                              f"known: {sorted(_KEYS - {'mode'})}")
-        window = cfg.get("window_s", 60.0)
-        if (isinstance(window, bool) or not isinstance(window, int | float)
-                or not math.isfinite(window) or window <= 0):
-            raise ConfigError("detectors.credentials.window_s: a positive number of "
-                              f"seconds, got {window!r}")
-        self._window_ns = int(window * 1e9)
-        threshold = cfg.get("sources_threshold", 3)
-        if type(threshold) is not int or not 1 <= threshold <= MAX_SOURCES:
-            raise ConfigError("detectors.credentials.sources_threshold: an integer from 1 "
-                              f"to {MAX_SOURCES}, got {threshold!r}")
-        self._threshold = threshold
-        self._scan_level = _level(cfg, "scan_level", "high")
-        self._environ_level = _level(cfg, "environ_level", "high")
-        workspaces = _strings(cfg, "workspace_dirs", ["/workspace"])
+        check_keys(_NAME, cfg, _KEYS)
+        self._window_ns = int(cfg_number(_NAME, cfg, "window_s", 60.0) * 1e9)
+        self._threshold = cfg_int(_NAME, cfg, "sources_threshold", 3, maximum=MAX_SOURCES)
+        self._scan_level = cfg_level(_NAME, cfg, "scan_level", "high", LEVELS)
+        self._environ_level = cfg_level(_NAME, cfg, "environ_level", "high", LEVELS)
+        workspaces = cfg_strings(_NAME, cfg, "workspace_dirs", ["/workspace"])
         if not all(w.startswith("/") for w in workspaces):
-            raise ConfigError("detectors.credentials.workspace_dirs: absolute paths")
+            raise DetectorConfigError(f"detectors.{_NAME}.workspace_dirs: absolute paths")
         dirs = [w.rstrip("/") for w in workspaces]
         self._workspaces = frozenset(dirs)
         self._workspace_prefixes = tuple(f"{w}/" for w in dirs)  # "/" itself: ""+"/"
-        self._allow = frozenset(_task_name(n) for n in _strings(cfg, "allow_programs", []))
+        self._allow = frozenset(_task_name(n) for n in cfg_strings(_NAME, cfg, "allow_programs"))
         self._boxes: LruMap[str, _Box] = LruMap(MAX_CONTAINERS)
 
     # -- events
@@ -755,17 +747,3 @@ def _searches(program: str, args: Sequence[str]) -> bool:
 def _clip(text: str, limit: int = _EVIDENCE_CHARS) -> str:
     return text if len(text) <= limit else f"{text[:limit]}...(+{len(text) - limit} chars)"
 
-
-def _level(cfg: Mapping[str, Any], key: str, default: str) -> Severity | None:
-    value = cfg.get(key, default)
-    if not isinstance(value, str) or value not in _LEVELS:
-        raise ConfigError(f"detectors.credentials.{key}: one of {sorted(_LEVELS)}, "
-                          f"got {value!r}")
-    return _LEVELS[value]
-
-
-def _strings(cfg: Mapping[str, Any], key: str, default: list[str]) -> list[str]:
-    value = cfg.get(key, default)
-    if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
-        raise ConfigError(f"detectors.credentials.{key}: a list of non-empty strings")
-    return list(value)

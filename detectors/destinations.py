@@ -72,20 +72,18 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from coi_watch.detectors._net import (
-    CidrSet,
+from coi_watch.detectors._config import (
     DetectorConfigError,
-    Network,
-    canon,
+    as_network,
     cfg_bool,
     cfg_int,
+    cfg_networks,
     cfg_number,
     cfg_severity,
     cfg_strings,
     check_keys,
-    classify,
-    parse_network,
 )
+from coi_watch.detectors._net import CidrSet, Network, canon, classify
 from coi_watch.detectors._windows import DistinctWindow, LruMap
 from coi_watch.events import DnsQuery, Event, NetConnect
 from coi_watch.verdicts import Severity, Verdict
@@ -155,10 +153,8 @@ class Destinations:
         ))
         self._c2_ports = _ports(cfg, "c2_ports", DEFAULT_C2_PORTS)
         self._c2_sev = cfg_severity(_NAME, cfg, "c2_severity", "high")
-        meta: list[Network] = []
-        for item in cfg_strings(_NAME, cfg, "metadata_addresses", DEFAULT_METADATA_ADDRESSES):
-            meta.append(_network(item, "metadata_addresses"))
-        self._metadata = CidrSet(meta)
+        self._metadata = CidrSet(
+            cfg_networks(_NAME, cfg, "metadata_addresses", DEFAULT_METADATA_ADDRESSES))
         names = [n.lower().strip(".") for n in
                  cfg_strings(_NAME, cfg, "metadata_names", DEFAULT_METADATA_NAMES)]
         self._meta_names = frozenset(names)
@@ -370,15 +366,6 @@ class Destinations:
 # ----------------------------------------------------------------------------- config
 
 
-def _network(text: str, key: str) -> Network:
-    try:
-        return parse_network(text)
-    except ValueError:
-        raise DetectorConfigError(
-            f"detectors.{_NAME}.{key}: {text!r} is not an IP address or CIDR"
-        ) from None
-
-
 def _ports(cfg: Mapping[str, Any], key: str, default: Iterable[int | str]) -> frozenset[int]:
     value = cfg.get(key, list(default))
     bad = DetectorConfigError(
@@ -417,7 +404,7 @@ def _permitted(cfg: Mapping[str, Any]) -> tuple[CidrSet, dict[int, CidrSet]]:
                 port = rest[1:]
         elif host.count(":") == 1:
             host, _, port = host.partition(":")
-        net = _network(host, "permitted")
+        net = as_network(_NAME, "permitted", host)
         if not port:
             anyport.append(net)
             continue

@@ -67,12 +67,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from coi_watch.detectors._net import (
+from coi_watch.detectors._config import (
     DetectorConfigError,
     cfg_int,
     cfg_number,
     cfg_strings,
     check_keys,
+)
+from coi_watch.detectors._net import (
     is_reverse_name,
     registered_domain,
     shannon,

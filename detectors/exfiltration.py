@@ -70,15 +70,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from coi_watch.detectors._net import (
+from coi_watch.detectors._config import (
     cfg_bool,
     cfg_int,
     cfg_number,
     cfg_severity,
     cfg_strings,
     check_keys,
-    classify,
 )
+from coi_watch.detectors._net import classify
 from coi_watch.detectors._windows import LruMap, SlidingSum
 from coi_watch.events import Event, FileAccess, NetFlow
 from coi_watch.verdicts import Severity, Verdict

@@ -32,10 +32,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 from coi_watch.detectors._cmdline import base_name
+from coi_watch.detectors._config import LEVELS, cfg_int, cfg_level, cfg_strings, check_keys
 from coi_watch.detectors._windows import LruMap
-from coi_watch.errors import ConfigError
 from coi_watch.events import Event, FileAccess, ProcExec, ProcExit, ProcFork
-from coi_watch.verdicts import Severity, Verdict
+from coi_watch.verdicts import Verdict
 
 __all__ = ("ACCOUNT_DATABASES", "MAX_CONTAINERS", "PACKAGE_MANAGERS", "Persistence")
 
@@ -57,10 +57,7 @@ ACCOUNT_DATABASES: Mapping[str, tuple[str, str, tuple[str, ...]]] = {
 MAX_CONTAINERS = 4096
 """Containers whose state is kept at once."""
 
-_LEVELS: Mapping[str, Severity | None] = {
-    "critical": Severity.CRITICAL, "high": Severity.HIGH, "warning": Severity.WARNING,
-    "info": Severity.INFO, "off": None,
-}
+_NAME = "persistence"
 _COMM = 15  # TASK_COMM_LEN - 1
 
 
@@ -87,33 +84,21 @@ class Persistence:
         ConfigError: an unknown key, or a value of the wrong type or outside its set.
     """
 
-    name: ClassVar[str] = "persistence"
+    name: ClassVar[str] = _NAME
     consumes: ClassVar[frozenset[str]] = frozenset(
         {"proc.exec", "proc.fork", "proc.exit", "file.access"}
     )
 
     def __init__(self, config: Mapping[str, Any] | None = None) -> None:
         cfg = dict(config or {})
-        known = {key for key, _, _ in ACCOUNT_DATABASES.values()} | {
-            "managed_level", "package_managers", "max_tracked", "mode"}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ConfigError(f"detectors.persistence: unknown keys {unknown}; "
-                              f"known: {sorted(known - {'mode'})}")
-        self._levels = {path: _level(cfg, key, default)
+        check_keys(_NAME, cfg, (*(key for key, _, _ in ACCOUNT_DATABASES.values()),
+                                "managed_level", "package_managers", "max_tracked"))
+        self._levels = {path: cfg_level(_NAME, cfg, key, default, LEVELS)
                         for path, (key, default, _) in ACCOUNT_DATABASES.items()}
-        self._managed = _level(cfg, "managed_level", "info")
-        extra = cfg.get("package_managers", [])
-        if not isinstance(extra, list | tuple) or not all(isinstance(v, str) and v
-                                                          for v in extra):
-            raise ConfigError("detectors.persistence.package_managers: a list of non-empty "
-                              "strings")
+        self._managed = cfg_level(_NAME, cfg, "managed_level", "info", LEVELS)
+        extra = cfg_strings(_NAME, cfg, "package_managers")
         self._managers = frozenset(_task_name(n) for n in (*PACKAGE_MANAGERS, *extra))
-        max_tracked = cfg.get("max_tracked", 32768)
-        if type(max_tracked) is not int or max_tracked < 1:
-            raise ConfigError("detectors.persistence.max_tracked: a positive integer, "
-                              f"got {max_tracked!r}")
-        self._max = max_tracked
+        self._max = cfg_int(_NAME, cfg, "max_tracked", 32768)
         # container -> {pid: package manager it descends from}
         self._managed_pids: LruMap[str, LruMap[int, str]] = LruMap(MAX_CONTAINERS)
 
@@ -192,11 +177,3 @@ class Persistence:
             event_kind=ev.kind,
             pid=ev.pid,
         )]
-
-
-def _level(cfg: Mapping[str, Any], key: str, default: str) -> Severity | None:
-    value = cfg.get(key, default)
-    if not isinstance(value, str) or value not in _LEVELS:
-        raise ConfigError(f"detectors.persistence.{key}: one of {sorted(_LEVELS)}, "
-                          f"got {value!r}")
-    return _LEVELS[value]

@@ -36,16 +36,15 @@ thresholds 0 the detector keeps nothing at all.
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from coi_watch.detectors._config import SEVERITIES, cfg_int, cfg_level, cfg_number, check_keys
 from coi_watch.detectors._windows import LruMap
-from coi_watch.errors import ConfigError
 from coi_watch.events import Event, ProcExec, ProcExit, ProcFork
-from coi_watch.verdicts import Severity, Verdict
+from coi_watch.verdicts import Verdict
 
 __all__ = ("MAX_CONTAINERS", "SLICES", "ResourceAbuse")
 
@@ -54,12 +53,9 @@ SLICES = 8
 MAX_CONTAINERS = 4096
 """Containers whose state is kept at once."""
 
-_LEVELS: Mapping[str, Severity] = {
-    "critical": Severity.CRITICAL, "high": Severity.HIGH, "warning": Severity.WARNING,
-    "info": Severity.INFO,
-}
-_KEYS = frozenset({"process_count_threshold", "process_spawn_rate_threshold", "window_s",
-                   "severity", "max_tracked", "mode"})
+_NAME = "resources"
+_KEYS = ("process_count_threshold", "process_spawn_rate_threshold", "window_s", "severity",
+         "max_tracked")
 
 
 @dataclass(slots=True)
@@ -107,30 +103,18 @@ class ResourceAbuse:
         ConfigError: an unknown key, or a value of the wrong type or out of range.
     """
 
-    name: ClassVar[str] = "resources"
+    name: ClassVar[str] = _NAME
     consumes: ClassVar[frozenset[str]] = frozenset({"proc.fork", "proc.exit", "proc.exec"})
 
     def __init__(self, config: Mapping[str, Any] | None = None) -> None:
         cfg = dict(config or {})
-        unknown = sorted(set(cfg) - _KEYS)
-        if unknown:
-            raise ConfigError(f"detectors.resources: unknown keys {unknown}; "
-                              f"known: {sorted(_KEYS - {'mode'})}")
-        self._count_max = _count(cfg, "process_count_threshold", 0, minimum=0)
-        self._rate_max = _count(cfg, "process_spawn_rate_threshold", 0, minimum=0)
-        self._max_tracked = _count(cfg, "max_tracked", 65536, minimum=1)
-        window = cfg.get("window_s", 2.0)
-        if (isinstance(window, bool) or not isinstance(window, int | float)
-                or not math.isfinite(window) or window <= 0):
-            raise ConfigError("detectors.resources.window_s: a positive number of seconds, "
-                              f"got {window!r}")
-        self._window_ns = int(window * 1e9)
+        check_keys(_NAME, cfg, _KEYS)
+        self._count_max = cfg_int(_NAME, cfg, "process_count_threshold", 0, minimum=0)
+        self._rate_max = cfg_int(_NAME, cfg, "process_spawn_rate_threshold", 0, minimum=0)
+        self._max_tracked = cfg_int(_NAME, cfg, "max_tracked", 65536)
+        self._window_ns = int(cfg_number(_NAME, cfg, "window_s", 2.0) * 1e9)
         self._slice_ns = max(1, self._window_ns // SLICES)
-        severity = cfg.get("severity", "critical")
-        if not isinstance(severity, str) or severity not in _LEVELS:
-            raise ConfigError(f"detectors.resources.severity: one of {sorted(_LEVELS)}, "
-                              f"got {severity!r}")
-        self._severity = _LEVELS[severity]
+        self._severity = cfg_level(_NAME, cfg, "severity", "critical", SEVERITIES)
         self._enabled = bool(self._count_max or self._rate_max)
         self._boxes: LruMap[str, _Box] = LruMap(MAX_CONTAINERS)
 
@@ -275,11 +259,3 @@ class ResourceAbuse:
             event_kind=ev.kind,
             pid=ev.pid,
         )
-
-
-def _count(cfg: Mapping[str, Any], key: str, default: int, *, minimum: int) -> int:
-    value = cfg.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        what = "a non-negative integer (0 = off)" if minimum == 0 else "a positive integer"
-        raise ConfigError(f"detectors.resources.{key}: {what}, got {value!r}")
-    return value

@@ -81,6 +81,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from coi_watch.detectors._cmdline import base_name, normalize
+from coi_watch.detectors._config import LEVELS, WARN, cfg_int, cfg_level, cfg_strings, check_keys
 from coi_watch.detectors._revshell_match import (
     CODE_LANGS,
     MAX_DEPTH,
@@ -93,7 +94,6 @@ from coi_watch.detectors._revshell_match import (
     host_of,
     relay_remote,
 )
-from coi_watch.errors import ConfigError
 from coi_watch.events import Ancestor, Event, Fd, ProcComm, ProcExec, ProcExit, ProcFork
 from coi_watch.verdicts import Severity, Verdict
 
@@ -110,9 +110,10 @@ DEFAULT_INTERPRETERS: Mapping[str, str] = {
     "bun": "node", "awk": "awk", "gawk": "awk", "mawk": "awk", "nawk": "awk",
     "deno": "", "tclsh": "", "wish": "", "expect": "", "pwsh": "", "jrunscript": "",
 }
+_NAME = "reverse_shell"
+# the shared level names without ``info``, plus the Go original's ``warn``
 _LEVELS: Mapping[str, Severity | None] = {
-    "critical": Severity.CRITICAL, "high": Severity.HIGH, "warning": Severity.WARNING,
-    "warn": Severity.WARNING, "off": None,
+    **{k: v for k, v in LEVELS.items() if k != "info"}, **WARN,
 }
 _MITRE_LANG: Mapping[str, str] = {
     "sh": "T1059.004", "python": "T1059.006", "node": "T1059.007", "lua": "T1059.011",
@@ -165,30 +166,23 @@ class ReverseShell:
         ConfigError: an unknown key, or a value of the wrong type or outside its set.
     """
 
-    name: ClassVar[str] = "reverse_shell"
+    name: ClassVar[str] = _NAME
     consumes: ClassVar[frozenset[str]] = frozenset(
         {"proc.exec", "proc.comm", "proc.fork", "proc.exit"}
     )
 
     def __init__(self, config: Mapping[str, Any] | None = None) -> None:
         cfg = dict(config or {})
-        known = {"one_liners", "dev_tcp_io", "allow_programs", "shells", "interpreters",
-                 "max_tracked", "mode"}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ConfigError(f"detectors.reverse_shell: unknown keys {unknown}; "
-                              f"known: {sorted(known - {'mode'})}")
-        self._one_liners = _level(cfg, "one_liners", "critical")
-        self._dev_tcp_io = _level(cfg, "dev_tcp_io", "warning")
-        self._allow = frozenset(_names(cfg, "allow_programs"))
+        check_keys(_NAME, cfg, ("one_liners", "dev_tcp_io", "allow_programs", "shells",
+                                "interpreters", "max_tracked"))
+        self._one_liners = cfg_level(_NAME, cfg, "one_liners", "critical", _LEVELS)
+        self._dev_tcp_io = cfg_level(_NAME, cfg, "dev_tcp_io", "warning", _LEVELS)
+        self._allow = frozenset(cfg_strings(_NAME, cfg, "allow_programs"))
         interpreters = dict(DEFAULT_INTERPRETERS)
-        for extra in _names(cfg, "interpreters"):
+        for extra in cfg_strings(_NAME, cfg, "interpreters"):
             interpreters.setdefault(extra.lower(), "")
-        shells = (*DEFAULT_SHELLS, *(s.lower() for s in _names(cfg, "shells")))
-        max_tracked = cfg.get("max_tracked", 32768)
-        if type(max_tracked) is not int or max_tracked < 1:
-            raise ConfigError("detectors.reverse_shell.max_tracked: a positive integer")
-        self._max = max_tracked
+        shells = (*DEFAULT_SHELLS, *(s.lower() for s in cfg_strings(_NAME, cfg, "shells")))
+        self._max = cfg_int(_NAME, cfg, "max_tracked", 32768)
         self._m = Matcher(shells, interpreters)
         self._procs: dict[int, _Proc] = {}
 
@@ -366,18 +360,3 @@ def _normalized(argv: tuple[str, ...]) -> tuple[str, ...]:
     if "".join(argv).isascii():
         return argv
     return tuple(normalize(a) for a in argv)
-
-
-def _level(cfg: Mapping[str, Any], key: str, default: str) -> Severity | None:
-    value = cfg.get(key, default)
-    if not isinstance(value, str) or value not in _LEVELS:
-        raise ConfigError(f"detectors.reverse_shell.{key}: one of {sorted(_LEVELS)}, "
-                          f"got {value!r}")
-    return _LEVELS[value]
-
-
-def _names(cfg: Mapping[str, Any], key: str) -> list[str]:
-    value = cfg.get(key, [])
-    if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
-        raise ConfigError(f"detectors.reverse_shell.{key}: a list of non-empty strings")
-    return list(value)

@@ -17,21 +17,15 @@ one response, while a different loss (another source, another ``what``) is a new
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from types import MappingProxyType
 from typing import Any, ClassVar
 
-from coi_watch.errors import ConfigError
+from coi_watch.detectors._config import LEVELS, DetectorConfigError, as_level, cfg_level, check_keys
 from coi_watch.events import Event, Tamper
-from coi_watch.verdicts import Severity, Verdict
+from coi_watch.verdicts import Verdict
 
 __all__ = ("LEVELS", "Tampering")
 
-LEVELS: Mapping[str, Severity | None] = MappingProxyType({
-    "critical": Severity.CRITICAL, "high": Severity.HIGH, "warning": Severity.WARNING,
-    "info": Severity.INFO, "off": None,
-})
-"""Accepted level names (``off`` drops the verdict)."""
-
+_NAME = "tamper"
 _DETAIL_CHARS = 1024
 _FIELD_CHARS = 256
 
@@ -56,23 +50,21 @@ class Tampering:
         ConfigError: an unknown key, or a level that is not one of :data:`LEVELS`.
     """
 
-    name: ClassVar[str] = "tamper"
+    name: ClassVar[str] = _NAME
     consumes: ClassVar[frozenset[str]] = frozenset({"tamper"})
 
     def __init__(self, config: Mapping[str, Any] | None = None) -> None:
         cfg = dict(config or {})
-        unknown = sorted(set(cfg) - {"severity", "overrides", "mode"})
-        if unknown:
-            raise ConfigError(f"detectors.tamper: unknown keys {unknown}; "
-                              "known: ['overrides', 'severity']")
-        self._severity = _level(cfg.get("severity", "high"), "severity")
+        check_keys(_NAME, cfg, ("severity", "overrides"))
+        self._severity = cfg_level(_NAME, cfg, "severity", "high", LEVELS)
         overrides = cfg.get("overrides", {})
         if not isinstance(overrides, Mapping) or not all(
             isinstance(k, str) and k for k in overrides
         ):
-            raise ConfigError("detectors.tamper.overrides: a table of "
-                              '"source" or "source/what" -> level')
-        self._overrides = {k: _level(v, f"overrides.{k}") for k, v in overrides.items()}
+            raise DetectorConfigError(f"detectors.{_NAME}.overrides: a table of "
+                                      '"source" or "source/what" -> level')
+        self._overrides = {k: as_level(_NAME, f"overrides.{k}", v, LEVELS)
+                           for k, v in overrides.items()}
 
     def feed(self, ev: Event, now_ns: int) -> Iterable[Verdict]:
         """Take one tamper event; return one verdict (none when its level is ``off``)."""
@@ -96,9 +88,3 @@ class Tampering:
             dedup_key=f"tamper:{ev.container}:{source}:{what}",
             event_kind=ev.kind,
         ),)
-
-
-def _level(value: Any, key: str) -> Severity | None:
-    if not isinstance(value, str) or value not in LEVELS:
-        raise ConfigError(f"detectors.tamper.{key}: one of {sorted(LEVELS)}, got {value!r}")
-    return LEVELS[value]
