@@ -8,6 +8,7 @@ import os
 import secrets
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,14 +35,19 @@ def status(name: str) -> str:
 
 
 @contextmanager
-def container(prefix: str = "coi-e2e") -> Iterator[str]:
-    """A throwaway container from the test image, deleted afterwards."""
+def container(prefix: str = "coi-e2e", network: str | None = None) -> Iterator[str]:
+    """A throwaway container from the test image (on ``network`` when given: a bridge made
+    by the test), deleted afterwards, frozen or not."""
     name = f"{prefix}-{secrets.token_hex(3)}"
-    incus("launch", IMAGE, name)
+    incus("launch", IMAGE, name, *(("--network", network) if network else ()))
     try:
         yield name
     finally:
-        incus("delete", "--force", name, check=False)
+        try:
+            if status(name) == "Frozen":
+                incus("start", name, check=False)  # unfreeze: a frozen one may not delete
+        finally:
+            incus("delete", "--force", name, check=False)
 
 
 def wait_for(pred: object, timeout: float, interval: float = 0.02) -> bool:
@@ -93,6 +99,90 @@ class Watcher:
         return self.proc.returncode, out, err
 
 
+class LiveWatcher:
+    """A long-running ``coi-watch watch --json`` subprocess (one per test module, say), whose
+    stdout and stderr are read by threads all along, so a test can wait for a line while the
+    supervisor keeps printing for other containers."""
+
+    def __init__(self, *args: str, audit_dir: Path, env: dict[str, str] | None = None) -> None:
+        self.audit_dir = audit_dir
+        self.proc = subprocess.Popen(
+            [*COI_WATCH, "watch", "--json", "--audit-dir", str(audit_dir), *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **(env or {})},
+        )
+        self.lines: list[dict[str, object]] = []
+        self.errors: list[str] = []
+        self._cond = threading.Condition()
+        self._threads = [threading.Thread(target=self._read_out, daemon=True),
+                         threading.Thread(target=self._read_err, daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    def _read_out(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if not line.strip():
+                continue
+            try:
+                rec = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                rec = {"kind": "unparsed", "line": line}
+            with self._cond:
+                self.lines.append(rec)
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def _read_err(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.errors.append(line)
+
+    def wait_line(self, pred: object, timeout: float) -> dict[str, object] | None:
+        """The first output line (JSON object) for which ``pred(line)`` is true, waiting up
+        to ``timeout`` seconds for it; ``None`` when none came (or coi-watch ended)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            seen = 0
+            while True:
+                for rec in self.lines[seen:]:
+                    if pred(rec):  # type: ignore[operator]
+                        return rec
+                seen = len(self.lines)
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self._threads[0].is_alive()):
+                    return None
+                self._cond.wait(min(left, 0.5))
+
+    def wait_note(self, prefix: str, timeout: float = 20) -> dict[str, object]:
+        """Wait for a note starting with ``prefix``; fail with the output so far otherwise."""
+        rec = self.wait_line(lambda r: r.get("kind") == "note"
+                             and str(r.get("message", "")).startswith(prefix), timeout)
+        if rec is None:
+            raise AssertionError(f"no note {prefix!r} within {timeout}s: rc={self.proc.poll()} "
+                                 f"lines={self.lines[-20:]} stderr={''.join(self.errors)[-2000:]}")
+        return rec
+
+    def for_container(self, name: str) -> list[dict[str, object]]:
+        """The verdict and action lines printed so far about ``name``."""
+        with self._cond:
+            return [r for r in self.lines if r.get("container") == name]
+
+    def stop(self) -> int:
+        """SIGTERM (unless it already ended); wait for it and the readers. Its exit code."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            rc = self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait(timeout=10)
+        for t in self._threads:
+            t.join(5)
+        return rc
+
+
 def audit_records(path: Path) -> list[dict[str, object]]:
     """All records of one audit file."""
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
@@ -110,11 +200,12 @@ class _E2E:
     container = staticmethod(container)
     wait_for = staticmethod(wait_for)
     Watcher = Watcher
+    LiveWatcher = LiveWatcher
     audit_records = staticmethod(audit_records)
     COI_WATCH = COI_WATCH
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def e2e() -> type[_E2E]:
-    """The end-to-end helpers."""
+    """The end-to-end helpers (session-scoped, so module-scoped fixtures can use them)."""
     return _E2E
