@@ -48,7 +48,7 @@ from coi_watch.errors import (
     IncusUnavailable,
     SourceError,
 )
-from coi_watch.events import Event
+from coi_watch.events import Event, ProcExec, wall_from_mono
 from coi_watch.incus import IncusClient
 from coi_watch.locks import ContainerLock, LockHeld
 from coi_watch.policy import ResponsePolicy
@@ -59,6 +59,7 @@ from coi_watch.responders.webhook import WebhookAlerter
 from coi_watch.rules.engine import RuleEngine
 from coi_watch.runner import Runner
 from coi_watch.sigma import SigmaHandle
+from coi_watch.sources.procfs import ARGV_CAP
 from coi_watch.verdicts import Action, ActionRecord, Severity, Verdict
 
 __all__ = ("Supervisor", "SupervisorOptions")
@@ -396,6 +397,34 @@ class Supervisor:
             self._attach(name)
         elif action in ("instance-stopped", "instance-deleted", "instance-shutdown"):
             self._detach(name, action)
+        elif action == "instance-exec" and name in self._watched:
+            self._incus_exec(name, meta.get("context") or {})
+
+    def _incus_exec(self, name: str, context: Mapping[str, Any]) -> None:
+        """``incus exec`` into a watched container, from Incus's own record of the command.
+
+        The proc source reads a process's argv from /proc after the kernel's exec event, and
+        a command that lives under a millisecond (``incus exec c -- env``) can be gone by
+        then. Incus's ``instance-exec`` lifecycle event carries the full command line, so it
+        is published as a ``proc.exec`` too (pid 0: Incus does not say which process). Only
+        commands started with ``incus exec`` get this; processes the container spawns
+        itself depend on the proc source alone.
+        """
+        command = context.get("command")
+        if not isinstance(command, list) or not command:
+            return
+        argv: list[str] = []
+        total = 0
+        for arg in map(str, command):
+            total += len(arg) + 1
+            if total > ARGV_CAP:
+                break
+            argv.append(arg)
+        now = time.monotonic_ns()
+        self._publish(ProcExec(
+            ts_ns=now, wall_ns=wall_from_mono(now), container=name, pid=0,
+            comm=argv[0].rsplit("/", 1)[-1][:15] if argv else "", argv=tuple(argv),
+            argv_truncated=len(argv) < len(command)), "incus")
 
     async def _run_source(self, source: Source, ready: asyncio.Future[None]) -> None:
         name = type(source).name

@@ -13,11 +13,12 @@ Decisions, in order:
 2. **Mode.** ``--monitor-only`` or a verdict in ``monitor`` mode never acts: the action is
    audited as ``skipped`` ("would pause") and still alerted.
 3. **Dedup.** A verdict with the same ``(container, dedup_key)`` within the window (default
-   30 s) is counted as a duplicate and not acted on again. A pause or quarantine, though, is
-   *re-armed*: if the duplicate arrives while Incus says the container runs again
-   (somebody resumed it), or coi-watch's nftables table no longer holds its quarantine,
-   the action is carried out again. The state comes from Incus and the kernel's table, not
-   from a flag here.
+   30 s) is counted as a duplicate and not acted on again, unless it asks for a stronger
+   action than the one taken (a warning that escalates to high is paused at once). A pause
+   or quarantine, though, is *re-armed*: if the duplicate arrives while Incus says the
+   container runs again (somebody resumed it), or coi-watch's nftables table no longer
+   holds its quarantine, the action is carried out again. The state comes from Incus and
+   the kernel's table, not from a flag here.
 4. **Containment first.** ``kill`` is carried out as pause (freeze: milliseconds), then,
    when ``snapshot_before_kill`` is on, a forensic snapshot of the frozen container, then
    kill (forced stop: about half a second), each audited; a container already killed by
@@ -49,6 +50,10 @@ DEFAULT_LADDER: Mapping[Severity, Action] = {
     Severity.HIGH: Action.PAUSE,
     Severity.CRITICAL: Action.KILL,
 }
+
+# How strong each action is, for escalation within the dedup window.
+_STRENGTH = {Action.LOG: 0, Action.ALERT: 1, Action.QUARANTINE: 2, Action.PAUSE: 3,
+             Action.KILL: 4, Action.SNAPSHOT: 0, Action.RESUME: 0}
 
 Report = Callable[[Verdict | ActionRecord], None]
 AlertSink = Callable[[Verdict], Awaitable[None]]
@@ -130,7 +135,8 @@ class ResponsePolicy:
         key = (v.container, v.dedup_key or f"{v.detector}:{v.title}")
         now = self._clock()
         last = self._seen.get(key)
-        if last is not None and now - last[0] < self._window_ns:
+        if (last is not None and now - last[0] < self._window_ns
+                and _STRENGTH[action] <= _STRENGTH[last[1]]):
             self.stats.duplicates += 1
             if last[1] is action and action in (Action.PAUSE, Action.QUARANTINE):
                 self._spawn(self._rearm(v, action, key))

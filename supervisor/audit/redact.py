@@ -29,7 +29,8 @@ contains ``secret``, ``token``, ``passw``, ``credential``, ``apikey``, ``privkey
 one of its components (split at ``_ . -`` and camelCase). So ``GITHUB_TOKEN``,
 ``DB_PASSWORD``, ``PGPASSWORD``, ``MYSQL_PWD``, ``SSH_KEY`` and ``apiKey`` are secrets;
 ``monkey``, ``keyboard``, ``KEYMAP``, ``bypass``, ``author`` are not, and neither are the
-shell's ``PWD`` and ``OLDPWD``. A flag takes the next word as a secret only when its name
+shell's ``PWD`` and ``OLDPWD``, nor a file name with its line
+(``coi-credential-access.yml:17``). A flag takes the next word as a secret only when its name
 ends in ``password``, ``passwd``, ``passphrase``, ``token``, ``secret``, ``apikey`` or
 ``credential(s)`` (ignoring separators) or is ``-pass``/``-passin``/``-passout``/``-pw``/
 ``-pwd`` (openssl, plink): ``--passwordless``, ``--password-stdin`` and ``--token-file`` are
@@ -137,9 +138,17 @@ def _components(name: str) -> list[str]:
     return [c for c in _SEPARATORS.split(_CAMEL.sub(r"\1 \2", name).lower()) if c]
 
 
+# A NAME ending like a file name is a location (``coi-credential-access.yml:17``, a rule's
+# file and line in verdict evidence), not a variable holding a secret.
+_FILE_SUFFIXES: Final = (".yml", ".yaml", ".json", ".toml", ".py", ".sh", ".md", ".txt",
+                         ".cfg", ".ini", ".conf", ".js", ".ts", ".go", ".rs", ".jsonl")
+
+
 @lru_cache(maxsize=4096)
 def _secret_name_cached(name: str) -> bool:
     low = name.lower()
+    if low.endswith(_FILE_SUFFIXES):
+        return False
     if any(w in low for w in _STRONG):
         return True
     parts = _components(name)

@@ -468,15 +468,8 @@ def _dns_tunnel(bed: Bed, names: str, key: str) -> tuple[str, list[dict[str, Any
         return name, records, frozen
 
 
-# Product bug (found by this test): the response policy's dedup (supervisor/policy.py,
-# ResponsePolicy.submit) drops a verdict whose (container, dedup_key) was seen within
-# dedup_window_s (30 s) whatever its severity. dns_tunnel emits a *warning* (random_names,
-# after 8 queries) and, under the same dedup key ``dns_tunnel:<container>:<domain>``, the
-# *high* one (a second signal) a fraction of a second later: the high verdict is counted as
-# a duplicate of the alert and the container is never paused (until the persist_s path,
-# 5 min later). Remove the mark once an escalation (stronger action) is no duplicate.
-@pytest.mark.xfail(strict=True, reason="policy dedup swallows the warning->high escalation "
-                                       "of dns_tunnel (same dedup key within 30 s)")
+# dns_tunnel warns first (random names, from 8 queries) and goes high a fraction of a second
+# later under the same dedup key: the escalation must not be swallowed as a duplicate.
 def test_dns_tunnel_of_random_hex_names_is_paused(bed: Bed) -> None:
     # Random hex left parts under one zone: "random_names" trips from 8 queries (warning);
     # 100 distinct left parts ("unique_subdomains") or 100 queries ("rate", which only

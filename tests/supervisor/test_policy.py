@@ -187,3 +187,17 @@ async def test_verdict_is_audited_before_its_actions_and_reported(tmp_path: Path
     kinds = [orjson.loads(x)["kind"] for x in (tmp_path / "c1.jsonl").read_bytes().splitlines()]
     assert kinds == ["verdict", "action"]
     assert [type(r).__name__ for r in reported] == ["Verdict", "ActionRecord"]
+
+
+async def test_escalation_within_the_window_is_not_a_duplicate(tmp_path: Path) -> None:
+    log: list[str] = []
+    policy, audit = _policy(tmp_path, log, [])
+    policy.submit(_verdict(Severity.WARNING))  # same dedup key throughout
+    policy.submit(_verdict(Severity.WARNING))
+    policy.submit(_verdict(Severity.HIGH))     # stronger: acted on at once
+    policy.submit(_verdict(Severity.HIGH))     # a duplicate of that
+    policy.submit(_verdict(Severity.WARNING))  # weaker: a duplicate too
+    await policy.drain()
+    assert log == ["alert:c1", "pause:c1"]
+    assert policy.stats.duplicates == 3
+    await audit.close()

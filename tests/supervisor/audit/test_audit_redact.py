@@ -223,3 +223,12 @@ def test_redaction_keeps_the_shape_of_any_json(value: Any) -> None:
 def test_redaction_is_idempotent_on_dense_inputs(text: str) -> None:
     once = R.redact_text(text)
     assert R.redact_text(once) == once
+
+
+def test_a_file_and_line_is_not_a_secret_assignment() -> None:
+    # Verdict evidence names a rule by file:line; "credential" in the file name is no secret.
+    loc = "/etc/coi/rules/coi-credential-access.yml:17"
+    assert R.redact_text(loc) == loc
+    assert R.redact({"rule": "coi-credential-access.yml:17"}) == {
+        "rule": "coi-credential-access.yml:17"}
+    assert R.redact_text("credential: hunter2") == "credential: [REDACTED]"
