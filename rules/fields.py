@@ -35,7 +35,10 @@ Sigma log source / field               event kind      value
                                                        dispatches on argv[0], so this is the
                                                        program that really runs; rules test
                                                        ``Image|endswith: '/nc'``. A `` (deleted)``
-                                                       suffix is dropped.
+                                                       suffix is dropped. With ``exe`` unknown
+                                                       (a partial event), an absolute
+                                                       ``argv[0]``, or ``/bin/<argv[0]>`` for a
+                                                       bare name (found through PATH).
 ``CommandLine``                                        ``argv`` joined by spaces
 ``ParentImage``                                        nearest ancestor's exe (applet rule as
                                                        above, from its command line)
@@ -144,8 +147,13 @@ def resolve_image(exe: str, argv0: str, argv1: str = "") -> str | None:
     if not exe and not argv0:
         return None
     applet = argv0.rsplit("/", 1)[-1]
-    if not exe:  # partial event: argv[0] is all we have
-        return argv0 if argv0.startswith("/") else None
+    if not exe:
+        # exe unknown (the process exited before /proc was read, or an ``incus exec``
+        # command from Incus's record): argv[0] is all we have. A bare name was found
+        # through PATH, so it gets the applet convention, /bin/<name>.
+        if argv0.startswith("/"):
+            return argv0
+        return f"/bin/{argv0}" if "/" not in argv0 else None
     if not applet or applet in MULTICALL_BINARIES:  # "busybox nc ..."
         applet = argv1.rsplit("/", 1)[-1]
         return f"/bin/{applet}" if applet else exe

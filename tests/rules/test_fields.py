@@ -40,7 +40,8 @@ def proc(*argv: str, exe: str = "/usr/bin/x", uid: int = 1_000_000,
     ("/usr/bin/coreutils", "cat", "", "/bin/cat"),
     ("/tmp/x (deleted)", "x", "", "/tmp/x"),
     ("", "/tmp/x", "", "/tmp/x"),
-    ("", "x", "", None),
+    ("", "x", "", "/bin/x"),  # exe lost: a bare name was found through PATH
+    ("", "./x", "", None),  # a relative path: no idea where it is
     ("", "", "", None),
 ])
 def test_image_resolution(exe: str, argv0: str, argv1: str, image: str | None) -> None:
