@@ -5,14 +5,20 @@ every new flow and every DNS query a container sends, matched on its host-side v
 host network namespace, to one NFLOG group. One ``NETLINK_NETFILTER`` socket, bound to that
 group in the same namespace, receives them; it is read with ``loop.add_reader`` and drained
 in bounded batches into a reused buffer. :class:`NflogTracker` (synchronous, socket-free)
-turns datagrams into events: :func:`coi_watch.wire.nflog.parse`, then
-:func:`coi_watch.wire.packet.parse_ip`, then by rule prefix a :class:`~coi_watch.events.NetConnect`
-and/or a :class:`~coi_watch.events.DnsQuery` (:func:`coi_watch.wire.dns.parse_query`;
-TCP segments to port 53 without payload are skipped). DNS answers on their way *to* a
-container (prefix ``coi-dns-ans``) become :class:`~coi_watch.events.DnsAnswer` events
-(:func:`read_answer`: A/AAAA addresses, CNAME targets, the smallest TTL, the rcode), which
-the allowlist detector matches names with.
+turns datagrams into events through the wire layer's fast path, which agrees with its rich
+parsers field for field (tested): :func:`coi_watch.wire.nflog.peek`, then
+:func:`coi_watch.wire.packet.peek_ip`, then by rule prefix a
+:class:`~coi_watch.events.NetConnect` and/or a :class:`~coi_watch.events.DnsQuery`
+(:func:`coi_watch.wire.dns.peek_query`; TCP segments to port 53 without payload are
+skipped). DNS answers on their way *to* a container (prefix ``coi-dns-ans``) become
+:class:`~coi_watch.events.DnsAnswer` events (:func:`coi_watch.wire.dns.parse_response`:
+A/AAAA addresses, CNAME targets, the smallest TTL, the rcode), which the allowlist detector
+matches names with.
 
+- Cost: one ``recv_into`` per datagram into a buffer allocated once, one copy of the bytes
+  read, then tuples and ``unpack_from`` down to the event object; per packet the work is
+  the attribute walk, two address strings, the name and the event. Attribution is two
+  dict lookups (ifindex -> ``(container, veth)``, then ``ctx.watched``).
 - Attribution: by the packet's input interface (the bridge port, ``NFULA_IFINDEX_INDEV``) ->
   veth -> container, kept from ``attach``/``release``; by source address as a fallback.
 - Time: ``ts_ns`` is our ``CLOCK_MONOTONIC`` at ``recv`` (NFLOG has no monotonic stamp),
@@ -44,10 +50,8 @@ import contextlib
 import errno
 import os
 import socket
-import struct
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from coi_watch.containers import ContainerInfo
@@ -65,19 +69,17 @@ from coi_watch.nft import (
 )
 from coi_watch.protocols import SourceContext
 from coi_watch.wire import nflog
-from coi_watch.wire.dns import DnsQuestion, parse_query, parse_tcp_query, read_name
+from coi_watch.wire.dns import parse_response, parse_tcp_response, peek_query, peek_tcp_query
 from coi_watch.wire.nfnetlink import NETLINK_NETFILTER, parse_acks
-from coi_watch.wire.packet import IpPacket, parse_ip
+from coi_watch.wire.packet import IPPROTO_TCP, PROTO_NAMES, peek_ip, proto_name
 
 __all__ = (
     "DEFAULT_GROUP",
-    "Answer",
     "NflogSource",
     "NflogTracker",
     "PortMap",
     "bind_group",
     "open_nflog_socket",
-    "read_answer",
     "socket_drops",
 )
 
@@ -105,87 +107,7 @@ _PREFIXES: Mapping[str, tuple[bool, bool]] = {
 }
 
 
-# --------------------------------------------------------------------------- DNS answers
-# TODO(wire owner): this belongs in coi_watch.wire.dns (with its hypothesis fuzzing); it is
-# here only because that module has no response parser yet.
-
-_RR = struct.Struct("!HHIH")  # type, class, ttl, rdlength (RFC 1035 4.1.3)
-MAX_ANSWERS = 64
-"""Answer records read per response; the rest are ignored (bounded work per packet)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """The parts of a DNS response the allowlist needs: A/AAAA addresses, CNAME targets,
-    the smallest TTL among them, the response code."""
-
-    question: DnsQuestion
-    rcode: int
-    addresses: tuple[str, ...]
-    cnames: tuple[str, ...]
-    ttl: int
-
-
-def read_answer(payload: bytes | memoryview, *, tcp: bool = False) -> Answer:
-    """Read a DNS response's question and answer section (UDP payload, or the start of a TCP
-    stream with its 2-byte length prefix). Names go through
-    :func:`coi_watch.wire.dns.read_name` (bounded, compression-safe); other record types
-    are skipped; a record cut off by the capture ends the walk.
-
-    Raises:
-        WireError: not a response, or a header/question that does not parse.
-    """
-    view = memoryview(payload)
-    if tcp:
-        if len(view) < 2:
-            raise WireError("DNS-over-TCP length prefix truncated")
-        view = view[2 : 2 + int.from_bytes(view[:2], "big")]
-    q = parse_query(view)
-    if not q.is_response:
-        raise WireError("not a DNS response")
-    msg = bytes(view)
-    # Skip the question section (qdcount names + 4 bytes each).
-    pos = 12
-    for _ in range(min(q.qdcount, 16)):
-        _, pos = read_name(msg, pos)
-        pos += 4
-    addrs: list[str] = []
-    cnames: list[str] = []
-    ttl = -1
-    for _ in range(min(q.ancount, MAX_ANSWERS)):
-        try:
-            _, pos = read_name(msg, pos)
-        except WireError:
-            break  # cut off by copy_range: keep what was read
-        if pos + _RR.size > len(msg):
-            break
-        rtype, _rclass, rttl, rdlen = _RR.unpack_from(msg, pos)
-        pos += _RR.size
-        end = pos + rdlen
-        if end > len(msg):
-            break
-        if rtype == 1 and rdlen == 4:
-            addrs.append(socket.inet_ntop(socket.AF_INET, msg[pos:end]))
-        elif rtype == 28 and rdlen == 16:
-            addrs.append(socket.inet_ntop(socket.AF_INET6, msg[pos:end]))
-        elif rtype == 5:
-            with contextlib.suppress(WireError):
-                cnames.append(read_name(msg, pos)[0])
-        else:
-            pos = end
-            continue
-        ttl = rttl if ttl < 0 else min(ttl, rttl)
-        pos = end
-    return Answer(q, q.flags & 0xF, tuple(addrs), tuple(cnames), max(ttl, 0))
-
-
 # --------------------------------------------------------------------------- attribution
-
-
-@dataclass(frozen=True, slots=True)
-class _Port:
-    container: str
-    veth: str
 
 
 class PortMap:
@@ -195,7 +117,7 @@ class PortMap:
     """
 
     def __init__(self) -> None:
-        self._by_index: dict[int, _Port] = {}
+        self._by_index: dict[int, tuple[str, str]] = {}  # ifindex -> (container, veth)
         self._by_addr: dict[str, str] = {}
         self._of: dict[str, tuple[list[int], list[str]]] = {}
         self.veths: dict[str, str] = {}  # veth -> container
@@ -207,7 +129,7 @@ class PortMap:
         for veth, i in ports.items():
             self.veths[veth] = name
             if i:
-                self._by_index[i] = _Port(name, veth)
+                self._by_index[i] = (name, veth)
                 idx.append(i)
         addrs = [a.split("/", 1)[0] for a in addresses]
         for a in addrs:
@@ -218,7 +140,7 @@ class PortMap:
         """Forget ``name``."""
         idx, addrs = self._of.pop(name, ([], []))
         for i in idx:
-            if self._by_index.get(i, _Port("", "")).container == name:
+            if self._by_index.get(i, ("", ""))[0] == name:
                 del self._by_index[i]
         for a in addrs:
             if self._by_addr.get(a) == name:
@@ -229,10 +151,7 @@ class PortMap:
     def lookup(self, ifindex: int, src: str) -> tuple[str, str]:
         """``(container, veth)``; the interface decides, the source address only when the
         interface is unknown; ``("", "")`` when neither is known."""
-        port = self._by_index.get(ifindex)
-        if port is not None:
-            return port.container, port.veth
-        return self._by_addr.get(src, ""), ""
+        return self._by_index.get(ifindex) or (self._by_addr.get(src, ""), "")
 
     def knows_index(self, ifindex: int) -> bool:
         """True when ``ifindex`` is one of our veths."""
@@ -240,14 +159,6 @@ class PortMap:
 
 
 # --------------------------------------------------------------------------- tracker
-
-
-def _port_index(pkt: nflog.NflogPacket) -> int:
-    """The interface the packet came in on: for the bridge family with br_netfilter built in,
-    nfnetlink_log puts the bridge *port* (our veth) in ``NFULA_IFINDEX_PHYSINDEV`` and the
-    bridge itself in ``NFULA_IFINDEX_INDEV`` (``__build_packet_message``,
-    net/netfilter/nfnetlink_log.c); otherwise ``INDEV`` is the port."""
-    return pkt.physindev or pkt.indev
 
 
 class NflogTracker:
@@ -286,20 +197,22 @@ class NflogTracker:
 
     # ------------------------------------------------------------------ input
 
-    def feed(self, data: bytes | memoryview, now_ns: int | None = None) -> None:
-        """Handle one datagram read at ``now_ns`` (monotonic; default: now)."""
+    def feed(self, data: bytes | bytearray | memoryview, now_ns: int | None = None) -> None:
+        """Handle one datagram read at ``now_ns`` (monotonic; default: now). ``data`` is
+        copied once if it is not ``bytes`` (a view of the reused receive buffer)."""
         ts = self._clock() if now_ns is None else now_ns
         self.stats["datagrams"] += 1
+        buf = data if type(data) is bytes else bytes(data)
         try:
-            packets = nflog.parse(data)
+            packets = nflog.peek(buf)
         except WireError as exc:
             self.stats["wire_errors"] += 1
             self.ctx.count_drop("", "nflog", "wire_error", 1)
-            self._report("wire_error", "", {"error": str(exc), "len": len(data),
-                                            "head": bytes(data[:128]).hex()})
+            self._report("wire_error", "", {"error": str(exc), "len": len(buf),
+                                            "head": buf[:128].hex()})
             return
         for pkt in packets:
-            self.handle(pkt, ts)
+            self._handle(pkt, ts)
 
     def lost_enobufs(self) -> None:
         """``recv`` failed with ``ENOBUFS``: the kernel dropped packets for this socket."""
@@ -309,106 +222,117 @@ class NflogTracker:
                                                "dropped logged packets (seq_gap says how many)"})
 
     def handle(self, pkt: nflog.NflogPacket, ts_ns: int) -> None:
-        """Handle one logged packet."""
-        self.stats["packets"] += 1
-        if pkt.seq is not None:
-            self._check_seq(pkt.seq)
-        kinds = _PREFIXES.get(pkt.prefix)
+        """Handle one logged packet in its rich form (:meth:`feed` takes the fast path)."""
+        self._handle((pkt.prefix, pkt.payload, pkt.wall_ns, pkt.seq, pkt.indev, pkt.physindev,
+                      pkt.outdev, pkt.physoutdev), ts_ns)  # fmt: skip
+
+    def _handle(self, pkt: nflog.NflogPeek, ts_ns: int) -> None:
+        prefix, payload, wall_ns, seq, indev, physindev, _, _ = pkt
+        stats = self.stats
+        stats["packets"] += 1
+        if seq is not None:
+            # NFULA_SEQ: per-instance counter, incremented for every packet logged to the
+            # group (nfnetlink_log.c, __build_packet_message: inst->seq++): a jump is a loss.
+            last, self._last_seq = self._last_seq, seq
+            if last is not None and seq != (last + 1) & 0xFFFFFFFF:
+                self._seq_gap(last, seq)
+        kinds = _PREFIXES.get(prefix)
         if kinds is None:
-            if pkt.prefix == PREFIX_ANSWER:
+            if prefix == PREFIX_ANSWER:
                 self._answer(pkt, ts_ns)
             else:
-                self.stats["foreign"] += 1
+                stats["foreign"] += 1
             return
+        # For the bridge family with br_netfilter built in, nfnetlink_log puts the bridge
+        # *port* (our veth) in NFULA_IFINDEX_PHYSINDEV and the bridge in NFULA_IFINDEX_INDEV
+        # (__build_packet_message, net/netfilter/nfnetlink_log.c); otherwise INDEV is the port.
+        port = physindev or indev
         try:
-            ip = parse_ip(pkt.payload)
+            family, proto, src, dst, sport, dport, l4 = peek_ip(payload)
         except WireError as exc:
             # A frame the container sent that nftables took for IP but is not: its event is
             # lost, and the container is the one to blame.
-            who, _ = self.ports.lookup(_port_index(pkt), "")
-            self.stats["bad_packet"] += 1
+            who, _ = self.ports.lookup(port, "")
+            stats["bad_packet"] += 1
             self.ctx.count_drop(who, "nflog", "bad_packet", 1)
-            self._report("bad_packet", who, {"error": str(exc),
-                                             "head": pkt.payload[:64].hex()})
+            self._report("bad_packet", who, {"error": str(exc), "head": payload[:64].hex()})
             return
-        port = _port_index(pkt)
-        container, veth = self.ports.lookup(port, ip.src)
+        container, veth = self.ports.lookup(port, src)
         if not container:
-            self.stats["unattributed"] += 1
+            stats["unattributed"] += 1
             if port and self.on_unknown_index is not None:
                 self.on_unknown_index(port)
-            self._report("unattributed", "", {"ifindex": port, "src": ip.src, "dst": ip.dst})
+            self._report("unattributed", "", {"ifindex": port, "src": src, "dst": dst})
             return
         if not self.ctx.watched(container):
-            self.stats["unwatched"] += 1
+            stats["unwatched"] += 1
             return
-        wall = pkt.wall_ns or wall_from_mono(ts_ns)
+        wall = wall_ns or wall_from_mono(ts_ns)
+        pname = PROTO_NAMES.get(proto) or proto_name(proto)
         new, dns = kinds
         if new:
-            self.stats["connects"] += 1
+            stats["connects"] += 1
             self._publish(NetConnect(
-                ts_ns=ts_ns, wall_ns=wall, container=container, family=ip.family,
-                proto=ip.proto_name, src=ip.src, sport=ip.sport, dst=ip.dst, dport=ip.dport,
-                indev=veth, prefix=pkt.prefix))  # fmt: skip
-        if dns:
-            self._dns(ip, container, ts_ns, wall)
-
-    def _answer(self, pkt: nflog.NflogPacket, ts_ns: int) -> None:
-        # On the way out of the bridge: the veth is the *output* port (PHYSOUTDEV with
-        # br_netfilter, like PHYSINDEV on the way in), the container the destination.
-        try:
-            ip = parse_ip(pkt.payload)
-        except WireError as exc:
-            self.stats["bad_packet"] += 1
-            self._report("bad_packet", "", {"error": str(exc), "head": pkt.payload[:64].hex()})
+                ts_ns=ts_ns, wall_ns=wall, container=container, family=family, proto=pname,
+                src=src, sport=sport, dst=dst, dport=dport, indev=veth,
+                prefix=prefix))  # fmt: skip
+        if not dns:
             return
-        port = pkt.physoutdev or pkt.outdev
-        container, _ = self.ports.lookup(port, ip.dst)
-        if not container:
-            self.stats["unattributed"] += 1
-            return
-        if not self.ctx.watched(container):
-            self.stats["unwatched"] += 1
-            return
-        if ip.proto == 6 and not ip.l4_payload:
-            self.stats["tcp_no_payload"] += 1
+        if proto == IPPROTO_TCP and not l4:
+            stats["tcp_no_payload"] += 1  # ACK, FIN, RST of a DNS-over-TCP stream
             return
         try:
-            ans = read_answer(ip.l4_payload, tcp=ip.proto == 6)
-        except WireError as exc:
-            self.stats["dns_malformed"] += 1
-            self._report("dns_malformed", container, {
-                "error": str(exc), "proto": ip.proto_name, "src": ip.src, "dst": ip.dst,
-                "sport": ip.sport, "direction": "in"})
-            return
-        self.stats["answers"] += 1
-        q = ans.question
-        self._publish(DnsAnswer(
-            ts_ns=ts_ns, wall_ns=pkt.wall_ns or wall_from_mono(ts_ns), container=container,
-            family=ip.family, proto=ip.proto_name, src=ip.src, sport=ip.sport, dst=ip.dst,
-            dport=ip.dport, qid=q.qid, qname=q.qname, qtype=q.qtype, rcode=ans.rcode,
-            addresses=ans.addresses, cnames=ans.cnames, ttl=ans.ttl))  # fmt: skip
-
-    def _dns(self, ip: IpPacket, container: str, ts_ns: int, wall: int) -> None:
-        payload = ip.l4_payload
-        if ip.proto == 6 and not payload:
-            self.stats["tcp_no_payload"] += 1  # ACK, FIN, RST of a DNS-over-TCP stream
-            return
-        try:
-            q = parse_tcp_query(payload) if ip.proto == 6 else parse_query(payload)
+            qid, qname, qtype = peek_tcp_query(l4) if proto == IPPROTO_TCP else peek_query(l4)
         except WireError as exc:
             # Not DNS, a cut-off message, or a TCP segment in the middle of one: port 53
             # carrying something else is worth a record (tunnels), never a crash.
+            stats["dns_malformed"] += 1
+            self._report("dns_malformed", container, {
+                "error": str(exc), "proto": pname, "src": src, "dst": dst, "dport": dport,
+                "len": len(l4), "head": l4[:64].hex()})  # fmt: skip
+            return
+        stats["dns"] += 1
+        stats["published"] += 1
+        self.ctx.publish(DnsQuery(
+            ts_ns=ts_ns, wall_ns=wall, container=container, family=family, proto=pname,
+            src=src, sport=sport, dst=dst, dport=dport, qid=qid, qname=qname,
+            qtype=qtype))  # fmt: skip
+
+    def _answer(self, pkt: nflog.NflogPeek, ts_ns: int) -> None:
+        # On the way out of the bridge: the veth is the *output* port (PHYSOUTDEV with
+        # br_netfilter, like PHYSINDEV on the way in), the container the destination.
+        _, payload, wall_ns, _, _, _, outdev, physoutdev = pkt
+        try:
+            family, proto, src, dst, sport, dport, l4 = peek_ip(payload)
+        except WireError as exc:
+            self.stats["bad_packet"] += 1
+            self._report("bad_packet", "", {"error": str(exc), "head": payload[:64].hex()})
+            return
+        container, _ = self.ports.lookup(physoutdev or outdev, dst)
+        if not container:
+            self.stats["unattributed"] += 1
+            return
+        if not self.ctx.watched(container):
+            self.stats["unwatched"] += 1
+            return
+        if proto == IPPROTO_TCP and not l4:
+            self.stats["tcp_no_payload"] += 1
+            return
+        pname = proto_name(proto)
+        try:
+            ans = parse_tcp_response(l4) if proto == IPPROTO_TCP else parse_response(l4)
+        except WireError as exc:
             self.stats["dns_malformed"] += 1
             self._report("dns_malformed", container, {
-                "error": str(exc), "proto": ip.proto_name, "src": ip.src, "dst": ip.dst,
-                "dport": ip.dport, "len": len(payload), "head": bytes(payload[:64]).hex()})
+                "error": str(exc), "proto": pname, "src": src, "dst": dst, "sport": sport,
+                "direction": "in"})  # fmt: skip
             return
-        self.stats["dns"] += 1
-        self._publish(DnsQuery(
-            ts_ns=ts_ns, wall_ns=wall, container=container, family=ip.family,
-            proto=ip.proto_name, src=ip.src, sport=ip.sport, dst=ip.dst, dport=ip.dport,
-            qid=q.qid, qname=q.qname, qtype=q.qtype))  # fmt: skip
+        self.stats["answers"] += 1
+        self._publish(DnsAnswer(
+            ts_ns=ts_ns, wall_ns=wall_ns or wall_from_mono(ts_ns), container=container,
+            family=family, proto=pname, src=src, sport=sport, dst=dst, dport=dport,
+            qid=ans.qid, qname=ans.qname, qtype=ans.qtype, rcode=ans.rcode,
+            addresses=ans.addresses, cnames=ans.cnames, ttl=ans.ttl))  # fmt: skip
 
     # ------------------------------------------------------------------ helpers
 
@@ -416,12 +340,7 @@ class NflogTracker:
         self.stats["published"] += 1
         self.ctx.publish(ev)
 
-    def _check_seq(self, seq: int) -> None:
-        # NFULA_SEQ: per-instance counter, incremented for every packet logged to the group
-        # (nfnetlink_log.c, __build_packet_message: inst->seq++), so a jump is a loss.
-        last, self._last_seq = self._last_seq, seq
-        if last is None:
-            return
+    def _seq_gap(self, last: int, seq: int) -> None:
         gap = (seq - last - 1) & 0xFFFFFFFF
         if 0 < gap < _SEQ_WINDOW:
             self.stats["seq_lost"] += gap

@@ -13,6 +13,20 @@ Invariant (h11's, tested with hypothesis on random and mutated real datagrams): 
 bytes arrive, :func:`parse` either returns packets or raises
 :class:`~coi_watch.errors.WireError`, never another exception.
 
+Fast path: :func:`peek` reads the same datagram for the NFLOG source's hot loop and returns
+only what the source uses (prefix, payload, timestamp, sequence number, the four interface
+indexes) as plain tuples, with ``unpack_from`` on the caller's ``bytes``: no generator,
+memoryview, dict or dataclass per attribute. The first message of a kind is walked attribute
+by attribute (:func:`_walk`); the kernel writes the same attributes in the same order for
+every packet of one rule and path, so the walk remembers that layout (:class:`_Layout`, at
+most :data:`_LAYOUTS_MAX`) and later messages with the very same attribute headers are
+checked with one ``unpack_from`` of all headers and read at the learnt offsets. Both ways
+check everything :func:`parse` checks (framing, trailing slack, the size of every attribute
+:data:`NFULA` decodes, the nested VLAN walk), so :func:`peek` and :func:`parse` agree: the
+same fields, or both raise ``WireError`` (hypothesis properties over every golden capture,
+kernel-shaped bridge datagrams, spliced attributes and mutations of them, with and without
+a learnt layout).
+
 ``payload`` starts at the network header (also for the bridge family, ``family == 7``); decode
 it with :func:`coi_watch.wire.packet.parse_ip`. It may be cut at the configured
 ``copy_range``. ``wall_ns`` is the packet's wall-clock stamp (``NFULA_TIMESTAMP``,
@@ -24,14 +38,16 @@ Source: ``linux/netfilter/nfnetlink_log.h``.
 
 from __future__ import annotations
 
+import operator
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeAlias
 
 from coi_watch.errors import WireError
-from coi_watch.wire.netlink import iter_messages
+from coi_watch.wire.netlink import NLMSG_HDRLEN, iter_messages
 from coi_watch.wire.nfnetlink import (
     NFGENMSG_LEN,
     NFNL_SUBSYS_ULOG,
@@ -55,9 +71,11 @@ __all__ = (
     "NFULNL_COPY_NONE",
     "NFULNL_COPY_PACKET",
     "NflogPacket",
+    "NflogPeek",
     "bind_message",
     "config_message",
     "parse",
+    "peek",
     "pf_bind_message",
     "pf_unbind_message",
     "unbind_message",
@@ -90,9 +108,19 @@ NFULNL_CFG_F_SEQ = 0x0001
 NFULNL_CFG_F_SEQ_GLOBAL = 0x0002
 NFULNL_CFG_F_CONNTRACK = 0x0004
 
+# linux/netfilter/nfnetlink_log.h: enum nfulnl_attr_type (the ones peek() reads by name;
+# it takes the four NFULA_IFINDEX_* as the run 4..7)
+NFULA_PACKET_HDR = 1
+NFULA_TIMESTAMP = 3
+NFULA_PAYLOAD = 9
+NFULA_PREFIX = 10
+NFULA_SEQ = 12
+
 _PACKET_HDR = struct.Struct("!HBx")  # struct nfulnl_msg_packet_hdr: __be16 hw_protocol; __u8 hook
 _TIMESTAMP = struct.Struct("!QQ")  # struct nfulnl_msg_packet_timestamp: __be64 sec, usec
 _HW = struct.Struct("!H2x8s")  # struct nfulnl_msg_packet_hw: __be16 hw_addrlen; pad; __u8 [8]
+_BE32 = struct.Struct("!I")
+_BE16 = struct.Struct("!H")
 
 
 def _packet_hdr(v: memoryview) -> tuple[int, int]:
@@ -204,6 +232,254 @@ def parse(buf: bytes | memoryview) -> list[NflogPacket]:
     return out
 
 
+# --------------------------------------------------------------------------- fast path
+
+NflogPeek: TypeAlias = tuple[str, bytes, int, "int | None", int, int, int, int]
+"""What :func:`peek` returns per packet: ``(prefix, payload, wall_ns, seq, indev, physindev,
+outdev, physoutdev)``, each as :class:`NflogPacket` has it."""
+
+# nla_len (header + value) that each attribute type NFULA decodes with a fixed-size struct
+# must have, indexed by type; 0: any length (payload, prefix, types parse() skips); -1: the
+# VLAN nest, checked by walking it. From linux/netfilter/nfnetlink_log.h: 1
+# nfulnl_msg_packet_hdr (4 bytes), 2 mark, 4-7 ifindexes, 11 uid, 12 seq, 13 seq_global,
+# 14 gid (__be32), 3 nfulnl_msg_packet_timestamp (2 x __be64), 8 nfulnl_msg_packet_hw (12),
+# 15 hwtype (__be16).
+_NLA_LEN = (0, 8, 8, 20, 8, 8, 8, 8, 16, 0, 0, 8, 8, 8, 8, 6, 0, 0, 0, 0, -1)
+_NLA_TYPES = len(_NLA_LEN)
+_NLMSG_LEN_TYPE = struct.Struct("=IH")  # nlmsghdr: nlmsg_len, nlmsg_type
+_NLATTR = struct.Struct("=HH")  # nlattr: nla_len, nla_type
+_NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
+_PREFIXES: dict[bytes, str] = {}  # raw NFULA_PREFIX value -> cstring(), bounded below
+_PREFIX_CACHE_MAX = 64
+
+
+def _prefix(raw: bytes) -> str:
+    text = _PREFIXES.get(raw)
+    if text is None:
+        text = cstring(memoryview(raw))
+        if len(_PREFIXES) < _PREFIX_CACHE_MAX:  # our rules use a handful of prefixes
+            _PREFIXES[raw] = text
+    return text
+
+
+def peek(buf: bytes) -> list[NflogPeek]:
+    """The fields the NFLOG source needs from every packet of one datagram (see
+    :data:`NflogPeek`); agrees with :func:`parse`.
+
+    A packet message whose attribute headers are those of a message walked before (the
+    kernel writes the same attributes in the same order for every packet of a rule and
+    path) is checked with one ``unpack_from`` of all its headers and a tuple comparison,
+    and read at the offsets learnt then (:class:`_Layout`); any other goes through
+    :func:`_walk`.
+
+    Raises:
+        WireError: exactly when :func:`parse` does.
+    """
+    out: list[NflogPeek] = []
+    end = len(buf)
+    off = 0
+    while off < end:
+        if end - off < NLMSG_HDRLEN:
+            raise WireError(f"truncated nlmsghdr at offset {off} ({end - off} bytes)")
+        ln, typ = _NLMSG_LEN_TYPE.unpack_from(buf, off)
+        if ln < NLMSG_HDRLEN or ln > end - off:
+            raise WireError(f"bad nlmsg_len {ln} at offset {off} ({end - off} bytes left)")
+        msg_end = off + ln
+        a = off + NLMSG_HDRLEN + NFGENMSG_LEN
+        off += (ln + 3) & ~3
+        if typ != _PACKET_TYPE:
+            continue
+        if a > msg_end:
+            raise WireError(f"nfgenmsg truncated ({ln - NLMSG_HDRLEN} bytes)")
+        for layout in _LAYOUTS:
+            pkt = layout.read(buf, a, msg_end)
+            if pkt is not None:
+                if layout is not _LAYOUTS[0]:
+                    _promote(layout)
+                out.append(pkt)
+                break
+        else:
+            out.append(_walk(buf, a, msg_end))
+    return out
+
+
+def _walk(buf: bytes, a: int, msg_end: int) -> NflogPeek:
+    """The attributes of one packet message from ``a``: each header and fixed size is
+    checked and where each type is noted (a later duplicate wins, as in :func:`parse`);
+    the few fields wanted are then unpacked from those offsets. Learns the layout."""
+    start = a
+    attr = _NLATTR.unpack_from
+    at = [0] * _NLA_TYPES  # type -> offset of its attribute (0: absent)
+    plain = True  # no VLAN nest: a layout may be learnt (if the payload comes last)
+    while a + 4 <= msg_end:
+        alen, atyp = attr(buf, a)
+        if alen < 4 or alen > msg_end - a:
+            raise WireError(f"bad nla_len {alen} at offset {a} ({msg_end - a} bytes left)")
+        atyp &= _NLA_TYPE_MASK
+        if atyp < _NLA_TYPES:
+            want = _NLA_LEN[atyp]
+            if alen != want and want:
+                if want > 0:
+                    raise WireError(f"{NFULA[atyp][0]}: attribute value of the wrong size")
+                decode_into({}, memoryview(buf)[a + 4 : a + alen], _NFULA_VLAN)
+                plain = False
+            at[atyp] = a
+        a += (alen + 3) & ~3
+    if a < msg_end and any(buf[a:msg_end]):  # only zero padding may be that short
+        raise WireError(f"truncated nlattr at offset {a}")
+    if not at[NFULA_PACKET_HDR]:
+        raise WireError("NFULNL_MSG_PACKET without NFULA_PACKET_HDR")
+    be32 = _BE32.unpack_from
+    a = at[NFULA_PAYLOAD]
+    if a:
+        alen = attr(buf, a)[0]
+        payload = buf[a + 4 : a + alen]
+        last = a + ((alen + 3) & ~3) >= msg_end
+        if plain and last and len(_LAYOUTS) < _LAYOUTS_MAX:
+            _LAYOUTS.append(_Layout.learn(buf, start, at))
+    else:
+        payload = b""
+    a = at[NFULA_PREFIX]
+    prefix = _prefix(buf[a + 4 : a + attr(buf, a)[0]]) if a else ""
+    a = at[NFULA_TIMESTAMP]
+    if a:
+        sec, usec = _TIMESTAMP.unpack_from(buf, a + 4)
+        wall_ns = sec * 1_000_000_000 + usec * 1_000
+    else:
+        wall_ns = 0
+    a = at[NFULA_SEQ]
+    seq = be32(buf, a + 4)[0] if a else None
+    a, b, c, d = at[4:8]  # NFULA_IFINDEX_INDEV, _OUTDEV, _PHYSINDEV, _PHYSOUTDEV
+    return (
+        prefix,
+        payload,
+        wall_ns,
+        seq,
+        be32(buf, a + 4)[0] if a else 0,
+        be32(buf, c + 4)[0] if c else 0,
+        be32(buf, b + 4)[0] if b else 0,
+        be32(buf, d + 4)[0] if d else 0,
+    )
+
+
+_LAYOUTS_MAX = 8
+"""Layouts remembered: the first ones seen, tried most recently used first (a source sees
+a few: one per rule and path). Never replaced, so no traffic mix makes peek() learn again
+and again."""
+
+# What a layout reads, in NflogPeek order after (prefix, payload): (attribute type, offset
+# in its value, big-endian struct code, value when the attribute is absent).
+_WANTED = (
+    (NFULA_TIMESTAMP, 0, "Q", 0),  # seconds
+    (NFULA_TIMESTAMP, 8, "Q", 0),  # microseconds
+    (NFULA_SEQ, 0, "I", None),
+    (4, 0, "I", 0),  # NFULA_IFINDEX_INDEV
+    (6, 0, "I", 0),  # NFULA_IFINDEX_PHYSINDEV
+    (5, 0, "I", 0),  # NFULA_IFINDEX_OUTDEV
+    (7, 0, "I", 0),  # NFULA_IFINDEX_PHYSOUTDEV
+)
+_ABSENT = tuple(absent for _, _, _, absent in _WANTED)
+
+
+class _Layout:
+    """The attribute layout of one kind of packet message, learnt from a message that
+    :func:`_walk` accepted, whose last attribute is the payload: ``headers`` unpacks every
+    ``nlattr`` header (without the payload's ``nla_len``), which must equal ``expected``;
+    then ``values`` unpacks the wanted big-endian values in one call and ``pick`` puts
+    them in :data:`NflogPeek` order.
+
+    When the headers match and the payload's length fits the message exactly, a walk would
+    visit the same attributes at the same offsets with the same lengths, so every check it
+    makes holds and the result is the same.
+    """
+
+    __slots__ = ("expected", "headers", "payload", "pick", "prefix", "values")
+
+    def __init__(
+        self,
+        headers: struct.Struct,
+        expected: tuple[int, ...],
+        payload: int,
+        prefix: tuple[int, int],
+        values: struct.Struct,
+        pick: Callable[[tuple[Any, ...]], tuple[Any, ...]],
+    ) -> None:
+        self.headers = headers
+        self.expected = expected
+        self.payload = payload  # offset of the payload's nlattr from the first attribute
+        self.prefix = prefix  # (start, end) of the prefix value; (0, 0): none
+        self.values = values
+        self.pick = pick
+
+    @classmethod
+    def learn(cls, buf: bytes, start: int, at: list[int]) -> _Layout:
+        """The layout of the message whose attributes start at ``start``, walked and found
+        plain by :func:`_walk` (``at``: its type -> attribute offset table)."""
+        pay = at[NFULA_PAYLOAD]
+        fmt, a = ["="], start
+        expected: list[int] = []
+        while a < pay:  # every attribute before the payload, padding skipped
+            alen, atyp = _NLATTR.unpack_from(buf, a)
+            fmt.append(f"HH{((alen + 3) & ~3) - 4}x")
+            expected += (alen, atyp)
+            a += (alen + 3) & ~3
+        fmt.append("2xH")  # the payload's nla_type; its nla_len varies
+        expected.append(_NLATTR.unpack_from(buf, pay)[1])
+        # The wanted values present, by offset, as one big-endian struct with pad bytes.
+        wanted = [at[t] + 4 + skip if at[t] else 0 for t, skip, _, _ in _WANTED]
+        codes = [code for _, _, code, _ in _WANTED]
+        present = sorted({(off, code) for off, code in zip(wanted, codes, strict=True) if off})
+        vfmt, pos = ["!"], start
+        for off, code in present:
+            vfmt.append(f"{off - pos}x{code}")
+            pos = off + struct.calcsize("!" + code)
+        offsets = [off for off, _ in present]
+        pick = [offsets.index(off) if off else len(present) + k for k, off in enumerate(wanted)]
+        p = at[NFULA_PREFIX]
+        prefix = (p + 4 - start, p + _NLATTR.unpack_from(buf, p)[0] - start) if p else (0, 0)
+        return cls(
+            struct.Struct("".join(fmt)),
+            tuple(expected),
+            pay - start,
+            prefix,
+            struct.Struct("".join(vfmt)),
+            operator.itemgetter(*pick),
+        )
+
+    def read(self, buf: bytes, a: int, msg_end: int) -> NflogPeek | None:
+        """The packet at ``a`` if its message has this layout, else ``None``."""
+        p = a + self.payload
+        if p + 4 > msg_end or self.headers.unpack_from(buf, a) != self.expected:
+            return None
+        plen = _NLATTR.unpack_from(buf, p)[0]
+        if plen < 4 or plen > msg_end - p or p + ((plen + 3) & ~3) < msg_end:
+            return None  # cut short, or more after the payload: the walk decides
+        sec, usec, seq, indev, physindev, outdev, physoutdev = self.pick(
+            self.values.unpack_from(buf, a) + _ABSENT
+        )
+        ps, pe = self.prefix
+        return (
+            _prefix(buf[a + ps : a + pe]) if pe else "",
+            buf[p + 4 : p + plen],
+            sec * 1_000_000_000 + usec * 1_000,
+            seq,
+            indev,
+            physindev,
+            outdev,
+            physoutdev,
+        )
+
+
+_LAYOUTS: list[_Layout] = []
+
+
+def _promote(layout: _Layout) -> None:
+    """Put ``layout`` first (most recently used): a new list, so that a walk of the old one
+    elsewhere is never disturbed."""
+    global _LAYOUTS
+    _LAYOUTS = [layout, *(other for other in _LAYOUTS if other is not layout)]
+
+
 # --------------------------------------------------------------------------- config builders
 
 
@@ -236,8 +512,6 @@ def pf_unbind_message(family: int, *, seq: int = 0) -> bytes:
 
 
 _MODE = struct.Struct("!IBx")
-_BE32 = struct.Struct("!I")
-_BE16 = struct.Struct("!H")
 
 
 def config_message(

@@ -29,13 +29,8 @@ from coi_watch.events import DnsAnswer, DnsQuery, Event, NetConnect, Tamper
 from coi_watch.netns import socket_in_netns
 from coi_watch.nft import PREFIX_ANSWER, PREFIX_DNS, PREFIX_NEW, PREFIX_NEW_DNS, owner_of
 from coi_watch.protocols import SourceContext
-from coi_watch.sources.nflog import (
-    NflogSource,
-    NflogTracker,
-    PortMap,
-    bind_group,
-    read_answer,
-)
+from coi_watch.sources.nflog import NflogSource, NflogTracker, PortMap, bind_group
+from coi_watch.wire.dns import parse_response, parse_tcp_response
 from coi_watch.wire.nfnetlink import NETLINK_NETFILTER, NFNL_SUBSYS_ULOG, message, nla
 
 # --------------------------------------------------------------------------- builders
@@ -267,27 +262,79 @@ def test_enobufs_and_garbage_datagrams_are_drops_and_reading_goes_on(tracker: Nf
     assert len(sink.events) == 1
 
 
+def test_feed_takes_a_view_of_a_reused_receive_buffer(tracker: NflogTracker,
+                                                     sink: Sink) -> None:
+    # The reader hands over views of one bytearray it overwrites with the next recv_into:
+    # nothing published may keep pointing into it.
+    buf = bytearray(4096)
+    frames = [nflog_packet(ipv4("198.18.1.2", "198.18.1.1", 17,
+                                udp(5353, 53, dns_query(i, f"n{i}.example"))),
+                           prefix=PREFIX_DNS, seq=i) for i in range(3)]  # fmt: skip
+    for f in frames:
+        buf[: len(f)] = f
+        tracker.feed(memoryview(buf)[: len(f)], now_ns=7)
+        buf[:] = bytes(len(buf))
+    assert [(e.qname, e.qid) for e in sink.events if isinstance(e, DnsQuery)] == [
+        ("n0.example", 0), ("n1.example", 1), ("n2.example", 2)]
+    assert tracker.stats["seq_lost"] == 0 and tracker.stats["datagrams"] == 3
+
+
+def test_handle_of_a_parsed_packet_gives_what_feed_gives(sink: Sink) -> None:
+    from coi_watch.wire import nflog
+
+    frames = [
+        nflog_packet(ipv4("198.18.1.2", "203.0.113.9", 6, tcp(40000, 443, 0x02))),
+        nflog_packet(ipv6("2001:2::2", "2001:2::1", 17, udp(1, 53, dns_query(3, "A.b"))),
+                     prefix=PREFIX_NEW_DNS),
+        nflog_packet(ipv4("198.18.1.1", "198.18.1.2", 17, udp(53, 9, dns_answer(
+            dns_query(4, "c.d"), 0, [(1, 30, bytes(4))]))), prefix=PREFIX_ANSWER, out=True),
+    ]  # fmt: skip
+    ports = PortMap()
+    ports.set("ct1", {"veth1": 5}, ())
+    fed, handled = Sink(), Sink()
+    by_feed = NflogTracker(fed.ctx(), ports, clock=Clock())
+    by_handle = NflogTracker(handled.ctx(), ports, clock=Clock())
+    for f in frames:
+        by_feed.feed(f, now_ns=1)
+        for pkt in nflog.parse(f):
+            by_handle.handle(pkt, 1)
+    assert fed.events == handled.events and len(fed.events) == 4
+
+
+def test_dns_over_tcp_answers(tracker: NflogTracker, sink: Sink) -> None:
+    resp = dns_answer(dns_query(5, "t.example"), 0, [(28, 40, bytes(15) + b"\x01")])
+    seg = tcp(53, 41000, 0x18, struct.pack("!H", len(resp)) + resp)
+    tracker.feed(nflog_packet(ipv4("198.18.1.1", "198.18.1.2", 6, seg), prefix=PREFIX_ANSWER,
+                              out=True))  # fmt: skip
+    tracker.feed(nflog_packet(ipv4("198.18.1.1", "198.18.1.2", 6, tcp(53, 41000, 0x10)),
+                              prefix=PREFIX_ANSWER, out=True))  # fmt: skip
+    (ev,) = sink.events
+    assert isinstance(ev, DnsAnswer)
+    assert (ev.proto, ev.qname, ev.addresses, ev.ttl) == ("tcp", "t.example", ("::1",), 40)
+    assert tracker.stats["tcp_no_payload"] == 1
+
+
 def test_answers_give_addresses_cnames_and_the_smallest_ttl() -> None:
     q = dns_query(9, "www.example.com")
     cname_rd = b"\x03cdn\xc0\x10"  # cdn.example.com, pointing back into the question
     resp = dns_answer(q, 0, [(5, 300, cname_rd), (1, 60, bytes([198, 18, 0, 7])),
                              (28, 120, socket.inet_pton(socket.AF_INET6, "2001:2::7")),
                              (16, 5, b"\x03txt")])  # TXT: skipped, its TTL ignored
-    ans = read_answer(resp)
-    assert ans.question.qname == "www.example.com" and ans.question.qid == 9
+    ans = parse_response(resp)
+    assert ans.qname == "www.example.com" and ans.qid == 9
     assert ans.addresses == ("198.18.0.7", "2001:2::7")
     assert ans.cnames == ("cdn.example.com",)
     assert (ans.ttl, ans.rcode) == (60, 0)
     # Over TCP (length prefix); NXDOMAIN without records; a cut-off record ends the walk.
-    tcp_ans = read_answer(struct.pack("!H", len(resp)) + resp, tcp=True)
+    tcp_ans = parse_tcp_response(struct.pack("!H", len(resp)) + resp)
     assert tcp_ans.addresses == ans.addresses
-    nx = read_answer(dns_answer(q, 3))
+    nx = parse_response(dns_answer(q, 3))
     assert (nx.rcode, nx.addresses, nx.ttl) == (3, (), 0)
-    assert read_answer(resp[:-20]).addresses == ("198.18.0.7",)
+    assert parse_response(resp[:-20]).addresses == ("198.18.0.7",)
     with pytest.raises(WireError):
-        read_answer(q)  # a query is not an answer
+        parse_response(q)  # a query is not an answer
     with pytest.raises(WireError):
-        read_answer(b"\x00\x01")
+        parse_response(b"\x00\x01")
 
 
 def test_answer_packets_become_dns_answer_events_for_the_receiving_container(

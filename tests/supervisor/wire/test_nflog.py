@@ -286,6 +286,193 @@ def test_every_truncation_of_every_fixture(name: str) -> None:
         _survives(buf[:n])
 
 
+# --------------------------------------------------------------------------- fast path
+# peek agrees with parse: the same fields, or both WireError; through the attribute walk
+# (empty layout cache) and through a layout learnt from an intact datagram of the same kind.
+
+
+def _rich(buf: bytes) -> list[nflog.NflogPeek] | None:
+    try:
+        return [(p.prefix, p.payload, p.wall_ns, p.seq, p.indev, p.physindev, p.outdev,
+                 p.physoutdev) for p in nflog.parse(buf)]  # fmt: skip
+    except WireError:
+        return None
+
+
+def _fast(buf: bytes) -> list[nflog.NflogPeek] | None:
+    try:
+        return nflog.peek(buf)
+    except WireError:
+        return None
+
+
+def _agree(buf: bytes, *, learn_from: bytes | None = None) -> list[nflog.NflogPeek] | None:
+    """Compare walk and (when ``learn_from`` is given) layout reads against parse()."""
+    want = _rich(buf)
+    nflog._LAYOUTS.clear()
+    assert _fast(buf) == want, buf.hex()  # the walk
+    if learn_from is not None:
+        nflog._LAYOUTS.clear()
+        nflog.peek(learn_from)  # learn its layout (it parses: a fixture or built datagram)
+        assert _fast(buf) == want, buf.hex()
+    return want
+
+
+def bridge_datagram(payload: bytes, *, seq: int = 1, prefix: bytes = b"coi-dns\0",
+                    extra: bytes = b"", after: bytes = b"") -> bytes:  # fmt: skip
+    """A packet as the kernel logs it from a bridge rule on Linux 6.18 (the attributes and
+    their order as captured there); ``extra`` attributes before the payload, ``after``
+    after it."""
+    mac = bytes.fromhex("c6a75103b6f1927cb3d3b3b50800")
+    attrs = (HDR + nla(10, prefix) + nla(6, struct.pack("!I", 5))
+             + nla(4, struct.pack("!I", 2)) + nla(8, struct.pack("!H2x8s", 6, mac[6:12]))
+             + nla(15, b"\x00\x01") + nla(17, b"\x00\x0e") + nla(16, mac)
+             + nla(3, struct.pack("!QQ", 1_795_917_022, 568_844)) + nla(11, bytes(4))
+             + nla(14, bytes(4)) + nla(12, struct.pack("!I", seq)) + nla(21, mac) + extra
+             + nla(9, payload) + after)  # fmt: skip
+    return packet_message(attrs, family=7, group=9)
+
+
+DNS_IP_PAYLOAD = bytes.fromhex(_expected("dns_in_v4")["records"][0]["payload"])
+BRIDGE = bridge_datagram(DNS_IP_PAYLOAD)
+PEEK_FRAMES = [*FRAMES, BRIDGE]
+
+
+@pytest.mark.parametrize("name", GOLDEN)
+def test_peek_agrees_with_parse_on_golden(name: str) -> None:
+    buf = frame(name)
+    _agree(buf, learn_from=buf)
+    for n in range(len(buf)):
+        _agree(buf[:n], learn_from=buf)
+
+
+def test_peek_reads_a_learnt_layout_with_new_values() -> None:
+    nflog._LAYOUTS.clear()
+    wall = 1_795_917_022_568_844_000
+    assert nflog.peek(BRIDGE) == [("coi-dns", DNS_IP_PAYLOAD, wall, 1, 2, 5, 0, 0)]
+    assert len(nflog._LAYOUTS) == 1
+    # Same shape, other values: read through the layout, and right.
+    other = bridge_datagram(b"\x45" + bytes(40), seq=77, prefix=b"coi-new\0")
+    assert nflog.peek(other) == [("coi-new", b"\x45" + bytes(40), wall, 77, 2, 5, 0, 0)]
+    assert nflog.peek(other) == _rich(other) and len(nflog._LAYOUTS) == 1
+    # A datagram of four such packets.
+    four = b"".join(bridge_datagram(b"\x45" + bytes(i), seq=i) for i in range(4))
+    assert [p[3] for p in nflog.peek(four)] == [0, 1, 2, 3] and nflog.peek(four) == _rich(four)
+    # The same headers, then more after the payload (a later seq wins): the walk decides.
+    more = bridge_datagram(b"\x45", seq=3, after=nla(12, struct.pack("!I", 9)))
+    assert nflog.peek(more) == _rich(more) and nflog.peek(more)[0][3] == 9
+    nflog._LAYOUTS.clear()
+
+
+def test_layouts_are_learnt_only_from_plain_messages_and_are_bounded() -> None:
+    nflog._LAYOUTS.clear()
+    vlan = nla(20, nla(1, b"\x81\x00") + nla(2, b"\x00\x05"), nested=True)
+    nflog.peek(bridge_datagram(b"\x45", extra=vlan))  # a nest: never learnt
+    nflog.peek(packet_message(HDR + nla(9, b"\x45") + nla(12, b"\0\0\0\1")))  # payload not last
+    nflog.peek(packet_message(HDR))  # no payload
+    assert nflog._LAYOUTS == []
+    for n in range(nflog._LAYOUTS_MAX + 4):  # prefixes of every length: layouts galore
+        nflog.peek(bridge_datagram(b"\x45", prefix=b"p" * (4 * n + 1) + b"\0"))
+    assert len(nflog._LAYOUTS) == nflog._LAYOUTS_MAX
+    late = bridge_datagram(b"\x45", prefix=b"late" * 20 + b"\0")
+    assert nflog.peek(late) == _rich(late)  # not remembered, still right
+    nflog._LAYOUTS.clear()
+
+
+@settings(max_examples=800)
+@given(st.data())
+def test_fuzz_peek_agrees_on_mutated_datagrams(data: st.DataObject) -> None:
+    original = data.draw(st.sampled_from(PEEK_FRAMES))
+    buf = bytearray(original)
+    for _ in range(data.draw(st.integers(0, 6))):
+        pos = data.draw(st.integers(0, len(buf) - 1))
+        if data.draw(st.booleans()):
+            buf[pos] ^= 1 << data.draw(st.integers(0, 7))
+        else:
+            buf[pos] = data.draw(st.integers(0, 255))
+    _agree(bytes(buf[: data.draw(st.integers(0, len(buf)))]), learn_from=original)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=400))
+def test_fuzz_peek_agrees_on_random_bytes(buf: bytes) -> None:
+    _agree(buf, learn_from=BRIDGE)
+
+
+@settings(max_examples=600)
+@given(st.data())
+def test_fuzz_peek_agrees_on_spliced_attributes(data: st.DataObject) -> None:
+    # Valid framing around random attributes (every known type, every size near the right
+    # one, nests, flag bits) reaches every check of both paths.
+    def attribute() -> bytes:
+        typ = data.draw(st.integers(0, 25)) | data.draw(st.sampled_from([0, 0x4000, 0x8000]))
+        size = data.draw(st.sampled_from([0, 1, 2, 3, 4, 5, 8, 12, 16, 20]))
+        return nla(typ, data.draw(st.binary(min_size=size, max_size=size)))
+
+    attrs = [attribute() for _ in range(data.draw(st.integers(0, 6)))]
+    body = (HDR if data.draw(st.booleans()) else b"") + b"".join(attrs)
+    buf = packet_message(body + nla(9, data.draw(st.binary(max_size=30))))
+    twin = packet_message(body + nla(9, b"\x45" * 7))  # same layout, another payload
+    _agree(buf + data.draw(st.sampled_from([b"", b"\0\0", b"\1", _header(16, 3)])),
+           learn_from=twin if _rich(twin) is not None else None)  # fmt: skip
+
+
+# The whole fast path (peek, peek_ip, peek_query) agrees with the rich one (parse, parse_ip,
+# parse_query) on every field the NFLOG source reads: per packet, the same tuple, or the
+# same stage raising WireError.
+
+
+def _pipeline(buf: bytes, fast: bool) -> object:
+    try:
+        pkts = nflog.peek(buf) if fast else _rich(buf)
+    except WireError:
+        return "nflog"
+    if pkts is None:
+        return "nflog"
+    out: list[object] = []
+    for prefix, payload, wall, seq, indev, physindev, outdev, physoutdev in pkts:
+        try:
+            if fast:
+                ip = packet.peek_ip(payload)
+            else:
+                r = packet.parse_ip(payload)
+                ip = (r.family, r.proto, r.src, r.dst, r.sport, r.dport, bytes(r.l4_payload))
+        except WireError:
+            out.append((prefix, seq, "ip"))
+            continue
+        l4, tcp = ip[6], ip[1] == 6
+        try:
+            if fast:
+                q: object = dns.peek_tcp_query(l4) if tcp else dns.peek_query(l4)
+            else:
+                d = dns.parse_tcp_query(l4) if tcp else dns.parse_query(l4)
+                q = (d.qid, d.qname, d.qtype)
+        except WireError:
+            q = "dns"
+        out.append((prefix, wall, seq, indev, physindev, outdev, physoutdev, ip, q))
+    return out
+
+
+@settings(max_examples=800)
+@given(st.data())
+def test_fuzz_fast_pipeline_agrees_with_the_rich_one(data: st.DataObject) -> None:
+    original = data.draw(st.sampled_from(PEEK_FRAMES))
+    buf = bytearray(original)
+    for _ in range(data.draw(st.integers(0, 4))):
+        buf[data.draw(st.integers(0, len(buf) - 1))] = data.draw(st.integers(0, 255))
+    cut = bytes(buf[: data.draw(st.integers(len(buf) // 2, len(buf)))])
+    nflog._LAYOUTS.clear()
+    nflog.peek(original)
+    assert _pipeline(cut, True) == _pipeline(cut, False)
+
+
+@pytest.mark.parametrize("buf", PEEK_FRAMES)
+def test_fast_pipeline_agrees_on_every_fixture(buf: bytes) -> None:
+    nflog._LAYOUTS.clear()
+    assert _pipeline(buf, True) == _pipeline(buf, False)
+    assert _pipeline(buf, True) == _pipeline(buf, False)  # through the learnt layout
+
+
 # --------------------------------------------------------------------------- live
 
 

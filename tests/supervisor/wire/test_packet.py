@@ -20,7 +20,9 @@ from coi_watch.wire import nflog
 from coi_watch.wire.packet import (
     MAX_EXT_HEADERS,
     IpPacket,
+    IpPeek,
     parse_ip,
+    peek_ip,
     proto_name,
     tcp_flag_names,
 )
@@ -273,6 +275,115 @@ def test_fuzz_mutated_captures(data: st.DataObject) -> None:
 def test_fuzz_extension_chains(kinds: list[int], tail: bytes) -> None:
     body = b"".join(bytes([k, len(tail) % 3]) + tail[:6].ljust(6, b"\0") for k in kinds)
     _survives(ipv6(body + tail, kinds[0] if kinds else 59))
+
+
+# --------------------------------------------------------------------------- fast path
+# peek_ip agrees with parse_ip: the same 5-tuple and transport payload, or both WireError.
+
+
+def _rich(buf: bytes) -> IpPeek | None:
+    try:
+        ip = parse_ip(buf)
+    except WireError:
+        return None
+    return ip.family, ip.proto, ip.src, ip.dst, ip.sport, ip.dport, bytes(ip.l4_payload)
+
+
+def _fast(buf: bytes) -> IpPeek | None:
+    try:
+        peeked = peek_ip(buf)
+    except WireError:
+        return None
+    assert type(peeked[6]) is bytes
+    return peeked
+
+
+def _agree(buf: bytes) -> IpPeek | None:
+    rich = _rich(buf)
+    assert _fast(buf) == rich, buf.hex()
+    return rich
+
+
+SHAPES = [
+    ipv4(udp(5353, 53, b"query")),
+    ipv4(udp(5353, 53, b"query")) + b"\0" * 16,  # link-layer padding
+    ipv4(udp(5353, 53, b"query", ulen=10)),  # UDP length shorter than the datagram
+    ipv4(udp(5353, 53, b"query", ulen=300)),  # longer: cut at the IP length
+    ipv4(udp(1, 2, b"", ulen=7)),
+    ipv4(tcp(1, 443, 0x02), 6),
+    ipv4(tcp(1, 443, 0x18, b"data", doff=8), 6),
+    ipv4(tcp(1, 443, 0x18, b"data", doff=15), 6, tot_len=50),  # options past the capture
+    ipv4(tcp(1, 2, 2, doff=4), 6),
+    ipv4(tcp(1, 443, 0x02), 6, ihl=7, options=b"\x01" * 8),
+    ipv4(tcp(1, 2, 0x10, b"x" * 100), 6, tot_len=0),
+    ipv4(tcp(1, 2, 0x10, b"x" * 100), 6, tot_len=15),
+    ipv4(b"\x12\x34\x00\x35rest", 17, frag=0x2000 | 185),
+    ipv4(udp(1, 53, b"x"), frag=0x2000),
+    ipv4(udp(1, 53, b"x"), frag=0x4000),
+    ipv4(b"\x08\x00\x00\x00\x00\x07\x00\x01data", 1),
+    ipv4(b"\x00\x01\x00\x35\x00", 6, tot_len=45),
+    ipv6(udp(1, 53, b"q"), 17),
+    ipv6(udp(1, 53, b"q", ulen=0), 17),
+    ipv6(udp(1, 53, b"q"), 17, plen=0),
+    ipv6(udp(1, 53, b"q"), 17, plen=500),
+    ipv6(tcp(1, 22, 0x02, b"xyz"), 6),
+    ipv6(tcp(1, 22, 0x02), 6, plen=10),
+    ipv6(ext(60) + ext(44, 1) + struct.pack("!BBHI", 6, 0, 1, 9) + tcp(1234, 22, 0x02), 0),
+    ipv6(bytes([17, 4]) + b"\0" * 22 + udp(1, 53, b"q"), 51),
+    ipv6(b"\x00" * 16, 59),
+    ipv6(b"\x08\x00\x00\x00", 58),
+]
+
+
+@pytest.mark.parametrize("buf", PAYLOADS + SHAPES)
+def test_peek_ip_agrees_with_parse_ip(buf: bytes) -> None:
+    _agree(buf)
+    for n in range(len(buf)):  # and on every cut of it
+        _agree(buf[:n])
+
+
+def test_peek_ip_fast_shapes_skip_the_rich_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The common shapes never build an IpPacket (that is the point of the fast path).
+    import coi_watch.wire.packet as packet
+
+    def refuse(buf: bytes) -> IpPacket:
+        raise AssertionError("parse_ip called")
+
+    monkeypatch.setattr(packet, "parse_ip", refuse)
+    assert peek_ip(ipv4(udp(5353, 53, b"query"))) == (
+        4, 17, "198.18.0.1", "198.18.0.2", 5353, 53, b"query")  # fmt: skip
+    assert peek_ip(ipv6(tcp(1, 22, 0x02, b"xyz"), 6)) == (
+        6, 6, "2001:2::1", "2001:2::2", 1, 22, b"xyz")  # fmt: skip
+
+
+@settings(max_examples=1000)
+@given(st.sampled_from([0x45, 0x46, 0x4F, 0x60, 0x6F, 0x00]), st.binary(max_size=120))
+def test_fuzz_peek_ip_agrees_on_random_bytes(first: int, rest: bytes) -> None:
+    _agree(bytes([first]) + rest)
+
+
+@settings(max_examples=1000)
+@given(st.data())
+def test_fuzz_peek_ip_agrees_on_mutated_packets(data: st.DataObject) -> None:
+    buf = bytearray(data.draw(st.sampled_from(PAYLOADS + SHAPES)))
+    for _ in range(data.draw(st.integers(0, 6))):
+        buf[data.draw(st.integers(0, len(buf) - 1))] = data.draw(st.integers(0, 255))
+    _agree(bytes(buf[: data.draw(st.integers(0, len(buf)))]))
+
+
+@settings(max_examples=500)
+@given(st.sampled_from([4, 6]), st.sampled_from([6, 17]), st.integers(0, 0xFFFF),
+       st.integers(0, 0xFFFF), st.integers(0, 0xFF), st.binary(max_size=40))  # fmt: skip
+def test_fuzz_peek_ip_agrees_on_header_fields(
+    family: int, proto: int, length: int, l4len: int, doff: int, data: bytes
+) -> None:
+    # Well-formed framing around hostile length, data-offset and fragment fields.
+    l4 = (udp(1, 53, data, ulen=l4len) if proto == 17
+          else tcp(1, 53, 2, data)[:12] + bytes([doff]) + tcp(1, 53, 2, data)[13:])  # fmt: skip
+    if family == 4:
+        _agree(ipv4(l4, proto, tot_len=length % 400, frag=length))
+    else:
+        _agree(ipv6(l4, proto, plen=length % 400))
 
 
 # --------------------------------------------------------------------------- live
