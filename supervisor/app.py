@@ -59,6 +59,7 @@ from coi_watch.responders.webhook import WebhookAlerter
 from coi_watch.rules.engine import RuleEngine
 from coi_watch.runner import Runner
 from coi_watch.sigma import SigmaHandle
+from coi_watch.sources.netdev import NetdevEvent, NetdevWatcher
 from coi_watch.sources.procfs import ARGV_CAP
 from coi_watch.verdicts import Action, ActionRecord, Severity, Verdict
 
@@ -142,6 +143,7 @@ class Supervisor:
         self.ready = asyncio.Event()
         self._run_dir = Path(os.path.expanduser(config.get("watch.run_dir", "~/.coi/run")))
         self._locks: dict[str, ContainerLock] = {}
+        self._veths: dict[str, str] = {}  # host-side veth -> watched container
         self._refused: list[LockHeld] = []
         self._pending: set[asyncio.Future[None]] = set()
         self._sources: list[Source] = [
@@ -306,6 +308,9 @@ class Supervisor:
                     self.audit.system(name, "source_attach_failed",
                                       {"source": type(src).name, "error": str(exc)})
                     self.print(f"source {type(src).name} cannot watch {name}: {exc}")
+        for veth in [v for v, c in self._veths.items() if c == name]:
+            del self._veths[veth]
+        self._veths.update(dict.fromkeys(info.host_veths, name))
         self.audit.system(name, "sources_attached", {"sources": armed,
                                                      "veths": list(info.host_veths)})
         self.print(f"sources attached to {name}: {', '.join(armed) or 'none'}")
@@ -399,6 +404,34 @@ class Supervisor:
             self._detach(name, action)
         elif action == "instance-exec" and name in self._watched:
             self._incus_exec(name, meta.get("context") or {})
+
+    def _on_netdev(self, ev: NetdevEvent) -> None:
+        """A host veth came or went (kernel uevent): a NIC was hot-plugged into a watched
+        container, or removed from it. Its per-container sources attach again from fresh
+        state (attach is idempotent), so the new NIC is watched within milliseconds."""
+        if ev.action == "remove":
+            name = self._veths.pop(ev.name, "")
+            if name in self._watched:
+                self._background(self._attach_sources(name))
+        elif ev.action == "add":
+            self._background(self._adopt_veth(ev.name))
+
+    async def _adopt_veth(self, veth: str) -> None:
+        # Incus creates the pair, moves the peer into the container and only then reports
+        # the host end in the instance state: look a few times, briefly, then give up (the
+        # veth is another container's, or the host's own).
+        for delay in (0.05, 0.2, 0.5):
+            await asyncio.sleep(delay)
+            for name in sorted(self._watched):
+                if veth in self._veths:
+                    return
+                try:
+                    state = await self.client.state(name)
+                except IncusError:
+                    continue
+                if veth in info_from_state(name, state).host_veths:
+                    await self._attach_sources(name)
+                    return
 
     def _incus_exec(self, name: str, context: Mapping[str, Any]) -> None:
         """``incus exec`` into a watched container, from Incus's own record of the command.
@@ -504,6 +537,7 @@ class Supervisor:
                 name="runner")
             helpers = [tg.create_task(self.audit.run_flusher(), name="audit-flusher"),
                        tg.create_task(self._report_drops(), name="drop-reporter")]
+            netdev = self._start_netdev(loop) if self.options.follow else None
             if self.options.follow:
                 helpers.append(tg.create_task(self._follow(), name="lifecycle"))
             if self.sigma is not None and self.config.get("rules.reload", True):
@@ -527,6 +561,20 @@ class Supervisor:
                 await asyncio.gather(*self._pending, return_exceptions=True)
             for t in helpers:
                 t.cancel()
+            if netdev is not None:
+                netdev.close()
+
+    def _start_netdev(self, loop: asyncio.AbstractEventLoop) -> NetdevWatcher | None:
+        """Kernel net-device events (pyudev, kernel source); without them NIC hot-plug is
+        only seen at the next lifecycle event, and that is said in the audit log."""
+        try:
+            watcher = NetdevWatcher(self._on_netdev)
+            watcher.start(loop)
+        except Exception as exc:  # pyudev or netlink refused: degraded, not fatal
+            self.audit.system("", "source_degraded", {"source": "netdev", "error": str(exc)})
+            self.print(f"net-device events unavailable: {exc}")
+            return None
+        return watcher
 
     async def _wait_ready(self, readies: list[asyncio.Future[None]],
                           tasks: list[asyncio.Task[None]]) -> None:
