@@ -123,6 +123,11 @@ class ResourceAbuse:
         """False when both thresholds are 0 (the default): every event is ignored."""
         return self._enabled
 
+    @property
+    def active(self) -> bool:
+        """The runner's view of :attr:`enabled`: an inactive detector is not fed at all."""
+        return self._enabled
+
     def live_count(self, container: str) -> int:
         """Live processes of ``container`` as tracked (0 for an unknown container)."""
         box = self._boxes.get(container)

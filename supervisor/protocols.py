@@ -15,6 +15,8 @@ no base class to inherit) and are registered under the entry-point groups
   the verdicts it reached (usually none). It never sleeps, never reads a clock, never does I/O:
   so an audit log replayed through it gives the same verdicts as live. It keys its state by
   ``event.container`` (one instance serves every container, and the log is per container).
+  A detector may have ``active``: false when its configuration switches it off, and is then
+  not fed at all.
 - A **responder** carries out one :class:`~coi_watch.verdicts.Action` on a container and
   reports an :class:`~coi_watch.verdicts.ActionRecord`; it must be idempotent (pausing a
   paused container is a success).

@@ -12,7 +12,9 @@ and so the verdicts, of the live run.
 Isolation: a detector that raises is caught, reported through ``on_error`` (the supervisor
 audits it), replaced by a fresh instance from its factory, and the other detectors go on
 with the same event. A detector that consumes no kind at all goes into the all-events
-bucket, and that is reported once at start (``NO_EVENT_KIND``).
+bucket, and that is reported once at start (``NO_EVENT_KIND``). A detector whose
+configuration switches it off (``active`` false: the allowlist outside allowlist mode,
+resource limits left at 0) is not indexed, so it costs nothing per event.
 """
 
 from __future__ import annotations
@@ -65,6 +67,8 @@ class Runner:
         self.stats = RunnerStats(restarts={})
         index: dict[str, list[_Slot]] = {kind: [] for kind in EVENT_TYPES}
         for slot in self._slots:
+            if not getattr(slot.detector, "active", True):
+                continue  # switched off by its configuration: not fed at all
             kinds = frozenset(slot.detector.consumes)
             if not kinds:
                 if warn is not None:

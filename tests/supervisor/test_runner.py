@@ -121,3 +121,14 @@ def test_time_is_kept_per_container() -> None:
     runner.forget("a")
     runner.feed(_exec(4, 400, container="a"))
     assert rec.seen[-1] == (4, 400)
+
+
+def test_an_inactive_detector_is_not_fed() -> None:
+    class Off(Recorder):
+        active = False
+
+    off = Off()
+    runner = Runner({"off": lambda: off})
+    runner.feed(_exec(1, 1))
+    assert off.seen == []
+    assert runner.detectors == ("off",)
