@@ -316,6 +316,10 @@ _PATH_MARKER = re.compile("|".join(map(re.escape, _PATH_MARKERS)))
 # A command line holding none of these (lower case; "AKIA" as written) cannot match at all:
 # one C-speed substring scan each decides for the common `cd x && make`.
 _TRIGGERS = (*_PATH_MARKERS, *_CONTENT_NEEDLES, *_NAME_NEEDLES, *_DUMP_WORDS)
+# One C-level scan for "any trigger occurs": an alternation of plain literals (no
+# quantifiers), so the cost stays linear in the command line whatever it holds.
+_TRIGGER_RE = re.compile("|".join(re.escape(t) for t in sorted(set(_TRIGGERS), key=len,
+                                                                    reverse=True)))
 PARSE_CAP = 64 * 1024
 """Longest ``sh -c`` script cut into commands; a longer one is read as a flat list of
 words: every path in it counts, with no client exemptions (more verdicts, never fewer)."""
@@ -490,7 +494,7 @@ class CredentialAccess:
         joined = " ".join(argv)
         if "AKIA" not in joined:
             low = joined.lower()
-            if not any(t in low for t in _TRIGGERS):
+            if _TRIGGER_RE.search(low) is None:
                 return []
         names = _names(ev.exe, ev.comm, argv[0])
         if not self._allow.isdisjoint(names):
@@ -566,7 +570,7 @@ class CredentialAccess:
             raw = " ".join((*cmd.words, *(t for _, t in cmd.redirs)))
             if "AKIA" not in raw:
                 low = raw.lower()
-                if not any(t in low for t in _TRIGGERS):
+                if _TRIGGER_RE.search(low) is None:
                     continue  # nothing in this command can count
             words = [first, *(unquote(w) for w in cmd.words[1:]),
                      *(unquote(t) for _, t in cmd.redirs)]

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, ClassVar
@@ -63,8 +64,8 @@ class KindIndex:
     """``(rule, predicate, evidence fields)``."""
     always: frozenset[int]
     """Entries without a guard: evaluated for every event."""
-    scans: tuple[tuple[str, Any, tuple[tuple[int, ...], ...]], ...]
-    """``(field, RE2 set of literals, entries per literal)``."""
+    scans: tuple[tuple[str, Callable[[str], tuple[int, ...]]], ...]
+    """``(field, candidates)``: the entries whose literals occur in the field's value."""
 
 
 def _build_index(kind: str, rules: Sequence[CompiledRule], prefilter: bool) -> KindIndex:
@@ -97,8 +98,34 @@ def _build_index(kind: str, rules: Sequence[CompiledRule], prefilter: bool) -> K
             rset.Add(re2.escape(lit))
             table.append(tuple(dict.fromkeys(idxs)))
         rset.Compile()
-        scans.append((fname, rset, tuple(table)))
+        scans.append((fname, _candidates(rset, tuple(table))))
     return KindIndex(tuple(entries), frozenset(always), tuple(scans))
+
+
+# Field values repeat all day in an agent session (the same commands, paths and names), and
+# a set match costs a few microseconds of wrapper overhead, so results are remembered per
+# value: a bounded LRU, and only for short values, so hostile command lines (up to 256 KiB)
+# can neither fill memory nor evict much.
+_CACHE_ENTRIES = 4096
+_CACHEABLE_CHARS = 512
+
+
+def _candidates(rset: Any, table: tuple[tuple[int, ...], ...]
+                ) -> Callable[[str], tuple[int, ...]]:
+    def compute(value: str) -> tuple[int, ...]:
+        hits = rset.Match(value)
+        if not hits:
+            return ()
+        if len(hits) == 1:
+            return table[hits[0]]
+        return tuple({i for h in hits for i in table[h]})
+
+    cached = lru_cache(maxsize=_CACHE_ENTRIES)(compute)
+
+    def candidates(value: str) -> tuple[int, ...]:
+        return cached(value) if len(value) <= _CACHEABLE_CHARS else compute(value)
+
+    return candidates
 
 
 @dataclass(frozen=True)
@@ -146,13 +173,10 @@ class RuleSet:
         entries = idx.entries
         if idx.scans:
             cand = set(idx.always)
-            for fname, rset, table in idx.scans:
+            for fname, candidates in idx.scans:
                 v = view.lower(fname)
                 if v:
-                    hits = rset.Match(v)
-                    if hits:
-                        for h in hits:
-                            cand.update(table[h])
+                    cand.update(candidates(v))
             order: Any = sorted(cand)
         else:
             order = range(len(entries))
