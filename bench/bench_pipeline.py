@@ -5,7 +5,9 @@ coi-watch's packs, fed through the real bus and runner over a realistic event mi
 
 Target later work must keep: >= 150k events/s on one core. The mix follows what an agent
 session produces (measured shapes, synthetic values): process fork/exit churn dominates,
-then file closes, execs, DNS, first packets and flow counters. ``--sigmahq`` adds the
+then file closes, execs, DNS, first packets and flow counters; commands repeat as an agent's
+do (git status, pytest), and a third of them carry a one-off argument, so caches keyed on
+values do not flatter the figure. ``--sigmahq`` adds the
 SigmaHQ Linux rules to the packs. Figures vary with the machine's load: compare ratios from
 one run.
 """
@@ -73,6 +75,8 @@ def make_mix(n: int, containers: int = 4, seed: int = 7) -> list[Event]:
                                   path=path, size=rnd.randrange(100, 50_000), comm="python3"))
         elif r < 0.77:
             exe, argv = rnd.choice(COMMANDS)
+            if rnd.random() < 0.35:  # a varying argument: no cache sees this line twice
+                argv = (*argv, f"src/module_{rnd.randrange(1_000_000)}.py")
             out.append(ProcExec(
                 ts_ns=t, wall_ns=t, container=c, pid=pid, ppid=pid - 1, uid=1_000_000,
                 comm=argv[0], exe=exe, argv=argv, cwd="/workspace",

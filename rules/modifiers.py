@@ -239,11 +239,31 @@ def _always(v: Any) -> bool:
     return True
 
 
-def _fullmatch(rx: Any) -> Callable[[Any], bool]:
+# Field values repeat all day in an agent session, and each RE2 call pays a few
+# microseconds of wrapper overhead (the str is encoded anew), so every regex remembers its
+# answers for short values: a small LRU per regex, bounded in entries and value length
+# (128 x 256 characters), so hostile input can neither fill memory nor slow it down.
+_RX_CACHE_ENTRIES = 128
+_RX_CACHEABLE_CHARS = 256
+
+
+def _remembering(match: Callable[[str], Any]) -> Callable[[Any], bool]:
+    """``match(v) is not None``, cached for short strings."""
+    def compute(v: str) -> bool:
+        return match(v) is not None
+
+    cached = lru_cache(maxsize=_RX_CACHE_ENTRIES)(compute)
+
     def test(v: Any) -> bool:
-        return rx.fullmatch(v) is not None
+        if type(v) is str and len(v) <= _RX_CACHEABLE_CHARS:
+            return cached(v)
+        return match(v) is not None
 
     return test
+
+
+def _fullmatch(rx: Any) -> Callable[[Any], bool]:
+    return _remembering(rx.fullmatch)
 
 
 def _expand(value: SigmaString, ctx: Context) -> list[SigmaString]:
@@ -313,11 +333,8 @@ def _regex(value: SigmaRegularExpression, ctx: Context) -> list[ValueTest]:
         pattern = str(rx.regexp)
         compiled = compile_regex(f"(?{flags}){pattern}" if flags else pattern, ctx.source)
 
-        def test(v: Any, search: Any = compiled.search) -> bool:
-            return search(v) is not None
-
         shown = f"/{pattern}/{flags}"
-        out.append(ValueTest("text", "regex", test, f"regex {shown}"))
+        out.append(ValueTest("text", "regex", _remembering(compiled.search), f"regex {shown}"))
     return out
 
 
