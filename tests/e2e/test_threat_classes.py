@@ -699,3 +699,90 @@ def test_honest_agent_work_is_left_alone(bed: Bed) -> None:
         assert _no_response(actions(records)), summary(records)
         assert not [r for r in bed.watcher.for_container(name) if r.get("kind") == "verdict"]
         bed.verify(name)
+
+
+ALLOW_PREFIX = "coi-e2e-ta"  # the allowlist watcher's containers (outside PATTERN)
+
+
+def test_c2_port_connection_is_paused(bed: Bed) -> None:
+    # A connection to a known C2 port (4444: Metasploit's default) on a test host: high.
+    with bed.attacker() as name:
+        probe = bed.spawn(name, f"nc -w 1 {bed.gw} 4444 </dev/null; sleep 30")
+        try:
+            frozen = bed.wait_status(name, "Frozen", timeout=15)
+            bed.wait_action(name, "pause")
+        finally:
+            probe.kill()
+            probe.wait(10)
+        records = bed.records(name)
+        assert frozen, summary(records)
+        vs = verdicts(records)
+        assert ("destinations", "high") in {(v["detector"], v["severity"]) for v in vs}, \
+            summary(records)
+        assert any("4444" in str(v["evidence"]) for v in vs), summary(records)
+        acts = actions(records)
+        assert ("pause", "done") in acts and not [a for a, _ in acts if a == "kill"], acts
+        bed.verify(name)
+
+
+def test_large_workspace_read_is_paused(bed: Bed) -> None:
+    # Six 10 MiB files written slowly (under every write threshold), then read back in one
+    # go: 60 MiB read within the 2 s window crosses file_read_threshold_mb (50): high.
+    with bed.attacker() as name:
+        bed.sh(name, "mkdir -p /root/work; i=0; while [ $i -lt 6 ]; do "
+                     "dd if=/dev/zero of=/root/work/part$i bs=1M count=10 2>/dev/null; "
+                     "sleep 1.2; i=$((i+1)); done", timeout=120)
+        assert bed.e2e.status(name) == "Running", summary(bed.records(name))
+        reader = bed.spawn(name, "cat /root/work/part* > /dev/null; sleep 30")
+        try:
+            frozen = bed.wait_status(name, "Frozen", timeout=15)
+            bed.wait_action(name, "pause")
+        finally:
+            reader.kill()
+            reader.wait(10)
+        records = bed.records(name)
+        assert frozen, summary(records)
+        vs = [v for v in verdicts(records) if v["detector"] == "exfiltration"]
+        assert vs and vs[0]["severity"] == "high", summary(records)
+        assert "read" in vs[0]["dedup_key"] or "read" in vs[0]["title"].lower(), vs[0]
+        acts = actions(records)
+        assert ("pause", "done") in acts and not [a for a, _ in acts if a == "kill"], acts
+        bed.verify(name)
+
+
+def test_allowlist_violation_is_paused(bed: Bed, e2e: Any) -> None:
+    # Allowlist mode: the gateway is allowed; the victim's test-bridge address is not (and
+    # is no private address, so only the allowlist speaks).
+    config = bed.config.with_name("allowlist.toml")
+    _write_config(config, ("[detectors.allowlist]\n"
+                           'network_mode = "allowlist"\n'
+                           f'allow = ["{bed.gw}/32", "pypi.org"]\n'))
+    audit_dir = bed.audit_dir.with_name("audit-allowlist")
+    watcher = e2e.LiveWatcher("--pattern", f"{ALLOW_PREFIX}-*", "--config", str(config),
+                              audit_dir=audit_dir)
+    try:
+        watcher.wait_note("ready", timeout=30)
+        with bed.attacker(watcher, ALLOW_PREFIX) as name:
+            allowed = bed.sh(name, f"nc -w 1 {bed.gw} {bed.servers.sink_port} </dev/null; true")
+            del allowed
+            time.sleep(0.5)
+            assert bed.e2e.status(name) == "Running", summary(bed.records(name, audit_dir))
+            probe = bed.spawn(name, f"timeout 3 wget -q -O /dev/null http://198.18.{bed.x}.5/; "
+                                    "sleep 30")
+            try:
+                frozen = bed.wait_status(name, "Frozen", timeout=15)
+                bed.wait_action(name, "pause", watcher=watcher)
+            finally:
+                probe.kill()
+                probe.wait(10)
+            records = bed.records(name, audit_dir)
+            assert frozen, summary(records)
+            vs = verdicts(records)
+            assert [(v["detector"], v["severity"]) for v in vs] == [("allowlist", "high")], \
+                summary(records)
+            assert vs[0]["evidence"].get("dst", str(vs[0]["evidence"])).find(
+                f"198.18.{bed.x}.5") >= 0, vs[0]
+            bed.verify(name, audit_dir)
+    finally:
+        rc = watcher.stop()
+    assert rc == 0, "".join(watcher.errors)[-3000:]
