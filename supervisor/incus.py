@@ -114,7 +114,10 @@ class IncusClient:
         """
         check_socket(socket_path)
         session = aiohttp.ClientSession(
-            connector=aiohttp.UnixConnector(path=socket_path),
+            # A small pool: a few warm connections make a freeze fast (no connect), and idle
+            # ones close after 5 s, so a burst of state reads (container churn) leaves no
+            # sockets open behind it.
+            connector=aiohttp.UnixConnector(path=socket_path, limit=8, keepalive_timeout=5.0),
             json_serialize=lambda obj: orjson.dumps(obj).decode(),
         )
         client = cls(session)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 import secrets
 import signal
@@ -218,7 +219,9 @@ class Lab:
         self.h, self.c = f"coi-nh-{self.tag}", f"coi-nc-{self.tag}"
         self.veth = f"vh{self.tag}"
         self.h_ip, self.c_ip, self.h_ip2 = (f"198.18.{self.n}.{i}" for i in (1, 2, 3))
-        self.h_ip6, self.c_ip6 = f"2001:2:0:{self.n}::1", f"2001:2:0:{self.n}::2"
+        # Canonical text (2001:2:0:0::1 is written 2001:2::1), as the kernel's addresses are.
+        self.h_ip6, self.c_ip6 = (str(ipaddress.ip_address(f"2001:2:0:{self.n}::{i}"))
+                                  for i in (1, 2))
         self.made: list[str] = []
 
     def sh(self, *cmd: str, check: bool = True, stdin: str | None = None
