@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import argparse
 import random
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from _harness import bench_one, report
 
 from coi_watch.detectors.credentials import CredentialAccess
 from coi_watch.detectors.persistence import Persistence
@@ -32,7 +33,6 @@ from coi_watch.events import Ancestor, Event, FileAccess, ProcExec, ProcExit, Pr
 from coi_watch.protocols import Detector
 from coi_watch.rules.engine import RuleEngine, RuleSet
 from coi_watch.rules.load import load_rules
-from coi_watch.runner import Runner
 
 __all__ = ("CONFIG", "main", "make_mix")
 
@@ -117,52 +117,19 @@ def make_mix(n: int, seed: int = 7) -> list[Event]:
     return events
 
 
-def bench_one(factory: Callable[[], Detector], events: Sequence[Event], repeat: int
-              ) -> tuple[float, int, int]:
-    best, verdicts = 0.0, 0
-    mine = [ev for ev in events if ev.kind in factory().consumes]
-    for _ in range(repeat):
-        det = factory()
-        feed = det.feed
-        verdicts = 0
-        start = time.perf_counter()
-        for ev in mine:
-            if feed(ev, ev.ts_ns):
-                verdicts += 1
-        best = max(best, len(mine) / (time.perf_counter() - start))
-    return best, len(mine), verdicts
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=400_000)
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args(argv)
     events = make_mix(args.events)
-    kinds: dict[str, int] = {}
-    for ev in events:
-        kinds[ev.kind] = kinds.get(ev.kind, 0) + 1
-    print(f"mix: {len(events)} events " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())))
     factories: dict[str, Callable[[], Detector]] = {
         "credentials": lambda: CredentialAccess(CONFIG.get("credentials")),
         "persistence": lambda: Persistence(CONFIG.get("persistence")),
         "tamper": lambda: Tampering(CONFIG.get("tamper")),
         "resources": lambda: ResourceAbuse(CONFIG.get("resources")),
     }
-    for name, factory in factories.items():
-        rate, n, verdicts = bench_one(factory, events, args.repeat)
-        print(f"{name:14s} {rate / 1000:8.1f}k events/s  ({n} events, {verdicts} with verdicts)")
-    best = 0.0
-    total = 0
-    for _ in range(args.repeat):
-        runner = Runner(factories)
-        feed = runner.feed
-        start = time.perf_counter()
-        for ev in events:
-            feed(ev)
-        best = max(best, len(events) / (time.perf_counter() - start))
-        total = runner.stats.verdicts
-    print(f"{'all four':14s} {best / 1000:8.1f}k events/s  (runner over the mix, {total} verdicts)")
+    report(factories, events, args.repeat, "all four")
     packs = Path(__file__).resolve().parents[1] / "rules" / "packs"
     ruleset = RuleSet.from_load(load_rules(
         [packs / "coi-credential-access.yml", packs / "coi-persistence.yml"],

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import argparse
 import random
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from _harness import report
 
 from coi_watch.detectors.allowlist import Allowlist
 from coi_watch.detectors.destinations import Destinations
@@ -27,7 +28,6 @@ from coi_watch.detectors.dns_tunnel import DnsTunnel
 from coi_watch.detectors.exfiltration import Exfiltration
 from coi_watch.events import DnsAnswer, DnsQuery, Event, FileAccess, NetConnect, NetFlow
 from coi_watch.protocols import Detector
-from coi_watch.runner import Runner
 
 S = 1_000_000_000
 NAMES = (
@@ -115,52 +115,19 @@ def make_mix(n: int, seed: int = 5) -> list[Event]:
     return events
 
 
-def bench_one(factory: Callable[[], Detector], events: Sequence[Event], repeat: int
-              ) -> tuple[float, int, int]:
-    best, verdicts = 0.0, 0
-    mine = [ev for ev in events if ev.kind in factory().consumes]
-    for _ in range(repeat):
-        det = factory()
-        feed = det.feed
-        verdicts = 0
-        start = time.perf_counter()
-        for ev in mine:
-            if feed(ev, ev.ts_ns):
-                verdicts += 1
-        best = max(best, len(mine) / (time.perf_counter() - start))
-    return best, len(mine), verdicts
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=400_000)
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args(argv)
     events = make_mix(args.events)
-    kinds: dict[str, int] = {}
-    for ev in events:
-        kinds[ev.kind] = kinds.get(ev.kind, 0) + 1
-    print(f"mix: {len(events)} events " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())))
     factories: dict[str, Callable[[], Detector]] = {
         "destinations": lambda: Destinations(CONFIG.get("destinations")),
         "allowlist": lambda: Allowlist(CONFIG.get("allowlist")),
         "exfiltration": lambda: Exfiltration(CONFIG.get("exfiltration")),
         "dns_tunnel": lambda: DnsTunnel(CONFIG.get("dns_tunnel")),
     }
-    for name, factory in factories.items():
-        rate, n, verdicts = bench_one(factory, events, args.repeat)
-        print(f"{name:14s} {rate / 1000:8.1f}k events/s  ({n} events, {verdicts} with verdicts)")
-    best = 0.0
-    total = 0
-    for _ in range(args.repeat):
-        runner = Runner(factories)
-        feed = runner.feed
-        start = time.perf_counter()
-        for ev in events:
-            feed(ev)
-        best = max(best, len(events) / (time.perf_counter() - start))
-        total = runner.stats.verdicts
-    print(f"{'all four':14s} {best / 1000:8.1f}k events/s  (runner over the mix, {total} verdicts)")
+    report(factories, events, args.repeat, "all four")
 
 
 if __name__ == "__main__":
