@@ -1,7 +1,8 @@
 """Sigma engine throughput over a realistic event mix.
 
 Run: ``python bench/bench_rules.py [seconds] [sigma-rules-dir]``. Rules: coi-watch's
-packs plus the SigmaHQ Linux rules (default ``/work/shared/sigmahq-linux/rules/linux``,
+packs plus the SigmaHQ Linux rules (default: ``shared/sigmahq-linux/rules/linux`` beside the
+repository,
 skipped when absent). Events: a deterministic mix shaped like an agent container at work
 (per 100 events: 12 execs of everyday developer commands, with an occasional malicious one;
 15 forks, 15 exits, 5 comm changes, 15 connections, 10 DNS queries, 20 file events,
@@ -36,7 +37,10 @@ from coi_watch.rules.engine import RuleEngine, RuleSet
 
 __all__ = ("SIGMAHQ", "main", "make_events", "measure")
 
-SIGMAHQ = Path("/work/shared/sigmahq-linux/rules/linux")
+# The corpus lives in shared/ beside the repository (or /work/shared on the dev machines).
+_NEAR = Path(__file__).resolve().parents[2] / "shared" / "sigmahq-linux" / "rules" / "linux"
+_DEV = Path("/work/shared/sigmahq-linux/rules/linux")
+SIGMAHQ = _NEAR if _NEAR.is_dir() else _DEV
 
 _COMMANDS = [
     ("/usr/bin/git", ["git", "status", "--porcelain"]),

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
+from support.corpus import sigmahq_linux
 
 from coi_watch.errors import RuleError
 from coi_watch.events import (
@@ -24,8 +25,6 @@ from coi_watch.protocols import Detector
 from coi_watch.rules.engine import RuleEngine, RuleSet
 from coi_watch.rules.load import load_text
 from coi_watch.verdicts import Severity
-
-SIGMAHQ = Path("/work/shared/sigmahq-linux/rules/linux")
 
 
 def doc(rid: str, detection: dict[str, Any], level: str = "high",
@@ -197,10 +196,10 @@ def _random_events(n: int, seed: int) -> list[Event]:
     return out
 
 
-@pytest.mark.skipif(not SIGMAHQ.exists(), reason="SigmaHQ corpus not present")
 def test_prefilter_never_changes_a_verdict() -> None:
-    fast = RuleSet.load([SIGMAHQ])
-    slow = RuleSet.load([SIGMAHQ], prefilter=False)
+    corpus = sigmahq_linux()
+    fast = RuleSet.load([corpus])
+    slow = RuleSet.load([corpus], prefilter=False)
     assert any(idx.scans for idx in fast.by_kind.values())
     matched = 0
     for ev in _random_events(3000, seed=11):

@@ -10,13 +10,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from support.corpus import sigmahq_linux
 
 from coi_watch.events import Ancestor, DnsQuery, Event, FileAccess, NetConnect, ProcExec
 from coi_watch.rules.engine import RuleSet
 from coi_watch.rules.load import LoadResult, load_rules
-
-CORPUS = Path("/work/shared/sigmahq-linux/rules/linux")
-pytestmark = pytest.mark.skipif(not CORPUS.exists(), reason="SigmaHQ corpus not present")
 
 NOT_LOADABLE = {  # file -> code; the reasons are in docs/sigma-fields.md
     "net_connection_lnx_back_connect_shell_dev.yml": "E003",
@@ -27,8 +25,13 @@ NOT_LOADABLE = {  # file -> code; the reasons are in docs/sigma-fields.md
 
 
 @pytest.fixture(scope="module")
-def result() -> LoadResult:
-    return load_rules([CORPUS], include_packs=False)
+def corpus() -> Path:
+    return sigmahq_linux()
+
+
+@pytest.fixture(scope="module")
+def result(corpus: Path) -> LoadResult:
+    return load_rules([corpus], include_packs=False)
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +39,8 @@ def rules(result: LoadResult) -> RuleSet:
     return RuleSet.from_load(result)
 
 
-def test_every_file_is_accounted_for(result: LoadResult) -> None:
-    files = sorted(CORPUS.rglob("*.yml"))
+def test_every_file_is_accounted_for(result: LoadResult, corpus: Path) -> None:
+    files = sorted(corpus.rglob("*.yml"))
     assert len(files) == 135
     assert sorted(result.files) == [str(f) for f in files]
     loaded = Counter(r.source.path for r in result.rules)
