@@ -2,8 +2,7 @@
 
 Run: ``python bench/bench_rules.py [seconds] [sigma-rules-dir]``. Rules: coi-watch's
 packs plus the SigmaHQ Linux rules (default: ``shared/sigmahq-linux/rules/linux`` beside the
-repository,
-skipped when absent). Events: a deterministic mix shaped like an agent container at work
+repository, skipped when absent). Events: a deterministic mix shaped like an agent container at work
 (per 100 events: 12 execs of everyday developer commands, with an occasional malicious one;
 15 forks, 15 exits, 5 comm changes, 15 connections, 10 DNS queries, 20 file events,
 8 conntrack flows), cycled through :meth:`RuleEngine.feed`.
