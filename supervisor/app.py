@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import fnmatch
 import functools
+import inspect
 import os
 import signal
 import sys
@@ -177,16 +178,14 @@ class Supervisor:
 
     def _responders(self) -> dict[Action, Responder]:
         out: dict[Action, Responder] = {}
-        for name, cls in registry.load_all("coi_watch.responders").items():
-            cfg = {"socket": self.config.get("watch.incus_socket"),
-                   **{k: self.config.get(f"response.{k}") for k in (
-                       "snapshot_retention", "quarantine_permitted", "quarantine_resolvers")}}
-            try:
-                responder = cls(cfg, client=self.client)
-            except TypeError:
-                responder = cls(cfg)
+        cfg = {"socket": self.config.get("watch.incus_socket"),
+               **{k: self.config.get(f"response.{k}") for k in (
+                   "snapshot_retention", "quarantine_permitted", "quarantine_resolvers")}}
+        for cls in registry.load_all("coi_watch.responders").values():
+            # Responders that talk to Incus share the supervisor's client (one pool).
+            shared = "client" in inspect.signature(cls).parameters
+            responder = cls(cfg, client=self.client) if shared else cls(cfg)
             out[Action(cls.action)] = responder
-            del name
         return out
 
     def _is_quarantined(self, name: str) -> bool:
