@@ -55,12 +55,15 @@ open as an fd so a recycled pid cannot redirect us):
   and one ``nft`` run per second.
 - **Release**: readers removed, sockets closed, our table deleted and the sysctls restored
   to what we found (when the netns still exists), the netns fd closed.
+
+The sans-I/O parts live in private modules and are re-exported here:
+:mod:`coi_watch.sources._ct_flows` (conntrack datagrams -> :class:`NetFlow`) and
+:mod:`coi_watch.sources._ct_nft` (our table, nftables change events, the rule query).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import errno
 import os
@@ -68,34 +71,27 @@ import shutil
 import socket
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any, ClassVar
 
 from coi_watch import netns
 from coi_watch.containers import ContainerInfo
 from coi_watch.errors import SourceError, WireError
-from coi_watch.events import NetFlow, Tamper, wall_from_mono
+from coi_watch.events import Tamper, wall_from_mono
 from coi_watch.protocols import SourceContext
-from coi_watch.wire import conntrack
-from coi_watch.wire.netlink import NLMSG_DONE, NLMSG_ERROR, iter_attrs, iter_messages
-from coi_watch.wire.nfnetlink import (
-    NETLINK_NETFILTER,
-    NFGENMSG_LEN,
-    NLM_F_CREATE,
-    NLM_F_DUMP,
-    NLM_F_EXCL,
-    NLM_F_MULTI,
-    NLM_F_REQUEST,
-    AttrTable,
-    cstring,
-    decode_into,
-    group_mask,
-    message,
-    nfgen_header,
-    nla,
-    parse_acks,
+from coi_watch.sources._ct_flows import FlowReader, _Counters, flow_event, parse_flows
+from coi_watch.sources._ct_nft import (
+    CHAIN,
+    NFNLGRP_NFTABLES,
+    RULESET,
+    TABLE,
+    NftChange,
+    NftWatch,
+    rule_query,
+    rules_with_ct,
 )
+from coi_watch.wire import conntrack
+from coi_watch.wire.netlink import NLMSG_DONE, NLMSG_ERROR, iter_messages
+from coi_watch.wire.nfnetlink import NETLINK_NETFILTER, group_mask, parse_acks
 
 __all__ = (
     "CHAIN",
@@ -114,18 +110,6 @@ __all__ = (
     "rules_with_ct",
 )
 
-TABLE = "coi_watch_ct"
-CHAIN = "out"
-RULESET = f"""table inet {TABLE} {{
-\tchain {CHAIN} {{
-\t\ttype filter hook output priority 0; policy accept;
-\t\tct state new counter comment "coi-watch: switches conntrack on for the host supervisor"
-\t}}
-}}
-"""
-"""coi-watch's table in a container's netns: the smallest rule set that makes the kernel
-track every flow there (any ``ct`` expression does; the chain never drops anything)."""
-
 # "add" is a no-op for an existing table; with "delete" in the same transaction the result
 # is exactly RULESET whatever was there before (nft 1.0.6 has no "destroy").
 _INSTALL = f"add table inet {TABLE}\ndelete table inet {TABLE}\n{RULESET}"
@@ -142,34 +126,9 @@ _QUERY_TIMEOUT = 5.0
 _SYSCTL_RECHECK_NS = 250_000_000
 _REPORT_EVERY_NS = 1_000_000_000
 _REPAIR_EVERY = 1.0
-_KNOWN_CAP = 1 << 18
 _RESYNC_CAP_FACTOR = 4
 _DRAIN_LIMIT = 1 << 16  # datagrams read at once before estimating a loss
-_OWN_PIDS = 16
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # asm-generic/socket.h
-
-# linux/netfilter/nfnetlink.h, linux/netfilter.h, linux/netfilter/nf_tables.h
-NFNL_SUBSYS_NFTABLES = 10
-NFNLGRP_NFTABLES = 7
-NFPROTO_INET = 1
-NFT_MSG_NEWGEN = 15
-NFT_MSG_GETRULE = 7
-_NFT_OPS = {  # enum nf_tables_msg_types: the ones that change a table's content
-    0: "newtable", 2: "deltable", 3: "newchain", 5: "delchain", 6: "newrule", 8: "delrule",
-    9: "newset", 11: "delset", 12: "newsetelem", 14: "delsetelem", 18: "newobj",
-    20: "delobj", 22: "newflowtable", 24: "delflowtable", 26: "destroytable",
-    27: "destroychain", 28: "destroyrule", 29: "destroyset", 30: "destroysetelem",
-    31: "destroyobj", 32: "destroyflowtable",
-}
-_NFT_REMOVALS = frozenset({"deltable", "delchain", "delrule", "destroytable", "destroychain",
-                           "destroyrule"})
-NFTA_TABLE = 1  # NFTA_{TABLE_NAME,CHAIN_TABLE,RULE_TABLE,SET_TABLE,OBJ_TABLE,...} are all 1
-NFTA_RULE_CHAIN = 2
-NFTA_RULE_EXPRESSIONS = 4
-NFTA_LIST_ELEM = 1
-NFTA_EXPR_NAME = 1
-NFTA_GEN_PROC_PID = 2
-NFTA_GEN_PROC_NAME = 3
 
 # The sysctls we need on, what switching each off is called, and what it costs us.
 _SYSCTLS: Mapping[str, tuple[str, str]] = {
@@ -179,227 +138,6 @@ _SYSCTLS: Mapping[str, tuple[str, str]] = {
     "nf_conntrack_events": ("events_disabled",
                             "flows created meanwhile send no new/destroy events"),
 }
-_FAMILY: Mapping[int, int] = {int(socket.AF_INET): 4, int(socket.AF_INET6): 6}
-
-
-# --------------------------------------------------------------------------- pure parts
-
-# What a NetFlow needs of a conntrack message, as a projection of the parser's own table:
-# the original tuple, both counters, the id and the timestamps. Skipping the reply tuple,
-# status and protoinfo makes decoding ~1.6x faster than conntrack.parse (bench).
-_FLOW_ATTRS: AttrTable = MappingProxyType({k: conntrack.CTA[k] for k in (
-    1,  # CTA_TUPLE_ORIG
-    9,  # CTA_COUNTERS_ORIG
-    10,  # CTA_COUNTERS_REPLY
-    12,  # CTA_ID
-    20,  # CTA_TIMESTAMP
-)})  # fmt: skip
-_CT_NEW = 1 << 8 | 0  # NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_NEW
-_CT_DELETE = 1 << 8 | 2  # IPCTNL_MSG_CT_DELETE
-
-
-def parse_flows(buf: bytes | memoryview) -> list[tuple[str, conntrack.CtEvent]]:
-    """``(kind, entry)`` for each conntrack message of a datagram, decoding only what a
-    :class:`NetFlow` carries; ``kind`` is ``new``, ``update``, ``destroy`` or ``counter``
-    (a dump entry). Kinds as ``ctnetlink_conntrack_event()`` and ``ctnetlink_dump_table()``
-    in ``net/netfilter/nf_conntrack_netlink.c`` set the type and flags.
-
-    Raises:
-        WireError: as :func:`coi_watch.wire.conntrack.parse`.
-    """
-    out = []
-    for msg in iter_messages(buf):
-        typ = msg.type
-        if typ == _CT_DELETE:
-            kind = "destroy"
-        elif typ != _CT_NEW:
-            continue
-        elif msg.flags & (NLM_F_CREATE | NLM_F_EXCL):
-            kind = "new"
-        elif msg.flags & NLM_F_MULTI:
-            kind = "counter"
-        else:
-            kind = "update"
-        family = nfgen_header(msg.payload).family
-        attrs = decode_into({}, msg.payload, _FLOW_ATTRS, NFGENMSG_LEN)
-        if "orig" not in attrs:
-            raise WireError("conntrack message without CTA_TUPLE_ORIG")
-        out.append((kind, conntrack.CtEvent(event=kind, family=family, **attrs)))
-    return out
-
-
-def flow_event(ev: conntrack.CtEvent, container: str, event: str, ts_ns: int) -> NetFlow:
-    """The :class:`NetFlow` record of one decoded conntrack event or dump entry."""
-    o = ev.orig
-    return NetFlow(
-        ts_ns=ts_ns, wall_ns=wall_from_mono(ts_ns), container=container, event=event,
-        family=_FAMILY.get(ev.family, ev.family), proto=ev.proto_name, src=o.src,
-        sport=o.sport, dst=o.dst, dport=o.dport, flow_id=ev.id,
-        bytes_out=ev.bytes_orig or 0, bytes_in=ev.bytes_reply or 0,
-        packets_out=ev.packets_orig or 0, packets_in=ev.packets_reply or 0,
-        start_ns=ev.start_ns or 0, stop_ns=ev.stop_ns or 0,
-    )  # fmt: skip
-
-
-class FlowReader:
-    """Event datagrams in, :class:`NetFlow` records out, for one container (no sockets).
-
-    ``stats`` counts ``datagrams``, ``events``, ``published``, ``wire_errors``,
-    ``enobufs``. ``known`` holds the ids of live flows we heard of (for the loss estimate
-    after a resync).
-    """
-
-    def __init__(
-        self,
-        container: str,
-        publish: Callable[[Any], None],
-        *,
-        on_wire_error: Callable[[WireError, bytes], None] | None = None,
-        clock: Callable[[], int] = time.monotonic_ns,
-    ) -> None:
-        self.container = container
-        self.publish = publish
-        self.on_wire_error = on_wire_error
-        self.clock = clock
-        self.known: set[int] = set()
-        self.stats: dict[str, int] = dict.fromkeys(
-            ("datagrams", "events", "published", "wire_errors", "enobufs"), 0)
-
-    def feed(self, data: bytes) -> None:
-        """Handle one datagram from the event socket."""
-        self.stats["datagrams"] += 1
-        try:
-            events = parse_flows(data)
-        except WireError as exc:
-            self.stats["wire_errors"] += 1
-            if self.on_wire_error is not None:
-                self.on_wire_error(exc, data)
-            return
-        ts = self.clock()
-        known = self.known
-        self.stats["events"] += len(events)
-        for kind, ev in events:
-            if kind == "new":
-                if len(known) >= _KNOWN_CAP:
-                    known.clear()
-                known.add(ev.id)
-            elif kind == "destroy":
-                known.discard(ev.id)
-            self.publish(flow_event(ev, self.container, kind, ts))
-        self.stats["published"] += len(events)
-
-
-class _Counters:
-    """The counters last published per flow id, so a dump publishes only what moved."""
-
-    def __init__(self) -> None:
-        self.last: dict[int, tuple[int, int]] = {}
-
-    def changed(self, ev: conntrack.CtEvent) -> bool:
-        now = (ev.bytes_orig or 0, ev.bytes_reply or 0)
-        if self.last.get(ev.id) == now:
-            return False
-        self.last[ev.id] = now
-        return True
-
-    def keep_only(self, ids: set[int]) -> None:
-        self.last = {k: v for k, v in self.last.items() if k in ids}
-
-
-@dataclass(frozen=True, slots=True)
-class NftChange:
-    """One nftables transaction by another process that touched our table."""
-
-    ops: tuple[str, ...]
-    pid: int
-    comm: str
-
-    @property
-    def removed(self) -> bool:
-        """True when the transaction deleted our table, chain or rule."""
-        return any(op in _NFT_REMOVALS for op in self.ops)
-
-    def describe(self) -> str:
-        what = ", ".join(dict.fromkeys(self.ops))
-        return f"{what} on table inet {TABLE} by pid {self.pid} ({self.comm or '?'})"
-
-
-@dataclass(slots=True)
-class NftWatch:
-    """Sans-I/O reader of nftables events (``NFNLGRP_NFTABLES``) in one netns.
-
-    Collects the operations on ``inet TABLE`` until the transaction's ``NEWGEN`` and returns
-    them as an :class:`NftChange` unless the pid is one of ``own`` (our ``nft`` runs).
-    """
-
-    own: collections.deque[int] = field(default_factory=lambda: collections.deque(
-        maxlen=_OWN_PIDS))
-    _ops: list[str] = field(default_factory=list)
-
-    def feed(self, data: bytes) -> list[NftChange]:
-        """Changes completed in this datagram.
-
-        Raises:
-            WireError: bad framing.
-        """
-        out = []
-        for msg in iter_messages(data):
-            if msg.type >> 8 != NFNL_SUBSYS_NFTABLES:
-                continue
-            op = msg.type & 0xFF
-            if op == NFT_MSG_NEWGEN:
-                attrs = dict(iter_attrs(msg.payload, NFGENMSG_LEN))
-                pid_raw = attrs.get(NFTA_GEN_PROC_PID)
-                pid = int.from_bytes(pid_raw, "big") if pid_raw is not None and len(
-                    pid_raw) == 4 else 0
-                comm = cstring(attrs[NFTA_GEN_PROC_NAME]) if NFTA_GEN_PROC_NAME in attrs else ""
-                if self._ops and pid not in self.own:
-                    out.append(NftChange(tuple(self._ops), pid, comm))
-                self._ops.clear()
-                continue
-            name = _NFT_OPS.get(op)
-            if name is None or nfgen_header(msg.payload).family != NFPROTO_INET:
-                continue
-            for typ, val in iter_attrs(msg.payload, NFGENMSG_LEN):
-                if typ == NFTA_TABLE:
-                    if cstring(val) == TABLE:
-                        self._ops.append(name)
-                    break
-        return out
-
-    def reset(self) -> None:
-        """Forget a half-seen transaction (after ``ENOBUFS``)."""
-        self._ops.clear()
-
-
-def rule_query(seq: int) -> bytes:
-    """A dump request for the rules of our chain (``NFT_MSG_GETRULE`` filtered by table and
-    chain: ``nf_tables_dump_rules`` honours both)."""
-    attrs = nla(NFTA_TABLE, TABLE.encode() + b"\0") + nla(NFTA_RULE_CHAIN, CHAIN.encode() + b"\0")
-    return message(NFNL_SUBSYS_NFTABLES, NFT_MSG_GETRULE, attrs, family=NFPROTO_INET,
-                   flags=NLM_F_REQUEST | NLM_F_DUMP, seq=seq)
-
-
-def rules_with_ct(data: bytes) -> int:
-    """How many ``NEWRULE`` messages in a rule-dump datagram hold a ``ct`` expression.
-
-    Raises:
-        WireError: bad framing.
-    """
-    n = 0
-    for msg in iter_messages(data):
-        if msg.type != (NFNL_SUBSYS_NFTABLES << 8) | 6:
-            continue
-        for typ, val in iter_attrs(msg.payload, NFGENMSG_LEN):
-            if typ != NFTA_RULE_EXPRESSIONS:
-                continue
-            for etyp, elem in iter_attrs(val):
-                if etyp != NFTA_LIST_ELEM:
-                    continue
-                if any(t == NFTA_EXPR_NAME and cstring(v) == "ct" for t, v in iter_attrs(elem)):
-                    n += 1
-                    break
-    return n
 
 
 # --------------------------------------------------------------------------- one container
