@@ -46,7 +46,6 @@ from coi_watch.errors import (
     CoiWatchError,
     ConfigError,
     IncusError,
-    IncusUnavailable,
     SourceError,
 )
 from coi_watch.events import Event, ProcExec, wall_from_mono
@@ -367,21 +366,32 @@ class Supervisor:
                        + (f" for {container}" if container else ""))
 
     async def _follow(self) -> None:
+        """Follow Incus lifecycle events for as long as the supervisor runs.
+
+        Whenever the stream is lost (incusd stopped, restarting, or closed it) that is said
+        at once, on the terminal and in the audit log, and the supervisor keeps watching
+        what it watches while it reconnects with backoff (0.2 s doubling to 5 s); once
+        Incus answers again, running containers are discovered afresh, so one that started
+        meanwhile is not missed.
+        """
         delay = 0.2
         while True:
+            reason = "the event stream ended"
             try:
                 async for event in self.client.events("lifecycle"):
+                    if delay > 0.2:
+                        self.audit.system("", "incus_available", {})
+                        self.print("Incus reachable again")
                     delay = 0.2
                     self._lifecycle(event)
-            except IncusUnavailable as exc:
-                self.audit.system("", "incus_unavailable", {"error": str(exc)})
-                self.print(f"Incus unavailable ({exc}); retrying in {delay:.1f}s")
+            except IncusError as exc:
+                reason = str(exc)
+            self.audit.system("", "incus_unavailable", {"error": reason, "retry_s": delay})
+            self.print(f"Incus unavailable ({reason}); retrying in {delay:.1f}s")
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
-            try:
+            with contextlib.suppress(IncusError):  # still away: said again next round
                 await self._discover()
-            except IncusError:
-                continue
 
     def _lifecycle(self, event: Mapping[str, Any]) -> None:
         meta = event.get("metadata", {})
