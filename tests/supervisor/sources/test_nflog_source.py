@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
-import secrets
 import socket
 import struct
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -23,8 +20,9 @@ from typing import Any
 
 import orjson
 import pytest
+from support.bridge_lab import BridgeLab
 
-from coi_watch.containers import ContainerInfo, Nic
+from coi_watch.containers import ContainerInfo
 from coi_watch.errors import ConfigError, WireError
 from coi_watch.events import DnsAnswer, DnsQuery, Event, NetConnect, Tamper
 from coi_watch.netns import socket_in_netns
@@ -373,56 +371,15 @@ def test_copy_range_too_small_for_dns_is_refused() -> None:
 # --------------------------------------------------------------------------- a bridge lab
 
 
-class Lab:
+class Lab(BridgeLab):
+    """The shared bridge lab (tests/support/bridge_lab.py); the container has IPv4 only in
+    its Incus view, as attribution by source address is tested with it."""
+
     def __init__(self) -> None:
-        self.tag = secrets.token_hex(3)
-        self.n = secrets.randbelow(256)
-        self.h, self.c = f"coi-sh-{self.tag}", f"coi-sc-{self.tag}"
-        self.veth = f"vh{self.tag}"
-        self.h_ip, self.c_ip = f"198.18.{self.n}.1", f"198.18.{self.n}.2"
-        # Canonical text (2001:2:0:0::1 is written 2001:2::1), as the kernel's addresses are.
-        self.h_ip6, self.c_ip6 = (str(ipaddress.ip_address(f"2001:2:0:{self.n}::{i}"))
-                                  for i in (1, 2))
-        self.made: list[str] = []
+        super().__init__("coi-s")
 
-    def sh(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=30)
-
-    def up(self) -> Lab:
-        for ns in (self.h, self.c):
-            self.sh("ip", "netns", "add", ns)
-            self.made.append(ns)
-        h, c = ("ip", "-n", self.h), ("ip", "-n", self.c)
-        self.sh(*h, "link", "add", "br0", "type", "bridge")
-        self.sh("ip", "link", "add", f"vc{self.tag}", "netns", self.c, "type", "veth", "peer",
-                "name", self.veth, "netns", self.h)
-        self.sh(*h, "link", "set", self.veth, "master", "br0")
-        self.sh(*h, "addr", "add", f"{self.h_ip}/24", "dev", "br0")
-        self.sh(*h, "addr", "add", f"{self.h_ip6}/64", "dev", "br0", "nodad")
-        self.sh(*c, "addr", "add", f"{self.c_ip}/24", "dev", f"vc{self.tag}")
-        self.sh(*c, "addr", "add", f"{self.c_ip6}/64", "dev", f"vc{self.tag}", "nodad")
-        for cmd, dev in ((h, "br0"), (h, self.veth), (h, "lo"), (c, f"vc{self.tag}"), (c, "lo")):
-            self.sh(*cmd, "link", "set", dev, "up")
-        for _ in range(100):
-            if "forwarding" in self.sh("bridge", "-n", self.h, "link", "show", "dev",
-                                       self.veth).stdout:
-                break
-            time.sleep(0.05)
-        return self
-
-    def down(self) -> None:
-        while self.made:
-            self.sh("ip", "netns", "del", self.made.pop(), check=False)
-
-    def path(self, ns: str) -> str:
-        return f"/run/netns/{ns}"
-
-    def info(self, name: str = "ct1") -> ContainerInfo:
-        return ContainerInfo(name=name, init_pid=0, nics=(
-            Nic(name="eth0", host_name=self.veth, addresses=(self.c_ip,)),))
-
-    def sock(self, ns: str, family: int, kind: int) -> socket.socket:
-        return socket_in_netns(self.path(ns), family, kind)
+    def info(self, name: str = "ct1", *, v6: bool = False) -> ContainerInfo:
+        return super().info(name, v6=v6)
 
     def tables(self) -> set[str]:
         out = self.sh("ip", "netns", "exec", self.h, "nft", "-j", "list", "tables").stdout
