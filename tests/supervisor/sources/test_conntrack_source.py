@@ -9,21 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import socket
 import struct
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.wire_fixtures import load_module, read_hex
 
 from coi_watch import netns
 from coi_watch.containers import ContainerInfo
@@ -45,19 +43,10 @@ from coi_watch.wire.nfnetlink import NLM_F_DUMP, NLM_F_REQUEST, message, nla
 WIRE = Path(__file__).resolve().parents[2] / "fixtures" / "wire"
 
 
-def _module(name: str, path: Path) -> ModuleType:
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
 
 
 def frame(name: str) -> bytes:
-    lines = (WIRE / "conntrack" / f"{name}.hex").read_text().splitlines()
-    return bytes.fromhex("".join(ln for ln in lines if not ln.startswith("#")))
+    return read_hex(WIRE / "conntrack" / f"{name}.hex")
 
 
 # --------------------------------------------------------------------------- units
@@ -201,7 +190,7 @@ async def until(pred: Callable[[], object], timeout: float = 5.0) -> None:
 
 @pytest.fixture
 def lab() -> Iterator[Any]:
-    netlab = _module("coi_fixture_netlab", WIRE / "netlab.py")
+    netlab = load_module("coi_fixture_netlab", WIRE / "netlab.py")
     with netlab.NetLab() as lab:
         # the stand-in for a container's init: `ip netns exec` execs it in the namespace
         init = subprocess.Popen(["ip", "netns", "exec", lab.ns_a, "sleep", "300"])

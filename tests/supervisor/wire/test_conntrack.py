@@ -3,19 +3,17 @@ oracle, hand-built edge cases, fuzzing and a live transfer of known size."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import socket
 import struct
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyroute2.netlink.nfnetlink.nfctsocket import nfct_msg
+from support.wire_fixtures import load_module, read_hex
 
 from coi_watch.errors import WireError
 from coi_watch.wire import conntrack
@@ -28,22 +26,13 @@ GOLDEN = sorted(p.stem for p in FIXTURES.glob("*.hex"))
 STREAM = [bytes.fromhex(ln) for ln in (FIXTURES / "stream.hexl").read_text().split()]
 
 
-def _module(name: str, path: Path) -> ModuleType:
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
 
 
-CAPTURE = _module("coi_fixture_conntrack_capture", FIXTURES / "capture.py")
+CAPTURE = load_module("coi_fixture_conntrack_capture", FIXTURES / "capture.py")
 
 
 def frame(name: str) -> bytes:
-    lines = (FIXTURES / f"{name}.hex").read_text().splitlines()
-    return bytes.fromhex("".join(ln for ln in lines if not ln.startswith("#")))
+    return read_hex(FIXTURES / f"{name}.hex")
 
 
 FRAMES = [frame(n) for n in GOLDEN] + STREAM
@@ -302,7 +291,7 @@ def test_every_truncation_of_every_fixture(name: str) -> None:
 
 @pytest.mark.privileged
 def test_live_destroy_counts_a_transfer_of_known_size() -> None:
-    netlab = _module("coi_fixture_netlab", WIRE / "netlab.py")
+    netlab = load_module("coi_fixture_netlab", WIRE / "netlab.py")
     size = 250_000
     with netlab.NetLab() as lab:
         lab.sysctl(lab.ns_b, nf_conntrack_acct=1, nf_conntrack_timestamp=1)

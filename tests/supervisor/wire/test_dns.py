@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import ipaddress
 import socket
 import struct
-import sys
 import time
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.wire_fixtures import load_module, read_hex
 
 from coi_watch.errors import WireError
 from coi_watch.wire import nflog, packet
@@ -37,19 +35,10 @@ WIRE = Path(__file__).resolve().parents[2] / "fixtures" / "wire"
 NFLOG = WIRE / "nflog"
 
 
-def _module(name: str, path: Path) -> ModuleType:
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
 
 
 def _captured_dns(name: str) -> bytes:
-    lines = (NFLOG / f"{name}.hex").read_text().splitlines()
-    (pkt,) = nflog.parse(bytes.fromhex("".join(ln for ln in lines if not ln.startswith("#"))))
+    (pkt,) = nflog.parse(read_hex(NFLOG / f"{name}.hex"))
     return bytes(packet.parse_ip(pkt.payload).l4_payload)
 
 
@@ -649,8 +638,8 @@ def test_fuzz_response_hostile_answer_sections(data: st.DataObject) -> None:
 
 @pytest.mark.privileged
 def test_live_query_names_through_nflog() -> None:
-    netlab = _module("coi_fixture_netlab", WIRE / "netlab.py")
-    capture = _module("coi_fixture_nflog_capture", NFLOG / "capture.py")
+    netlab = load_module("coi_fixture_netlab", WIRE / "netlab.py")
+    capture = load_module("coi_fixture_nflog_capture", NFLOG / "capture.py")
     sent = [[b"Live", b"EXAMPLE"], capture.BINARY_LABELS, [b"\xff" * 63, b"q"]]
     with netlab.NetLab() as lab:
         lab.nft(lab.ns_a, capture.RULES_A)
@@ -673,8 +662,8 @@ def test_live_query_names_through_nflog() -> None:
 def test_live_response_through_nflog() -> None:
     # A response sent by a socket in ``a`` and logged where it arrives in ``b``: the bytes
     # parse_response reads are the ones the kernel copied.
-    netlab = _module("coi_fixture_netlab", WIRE / "netlab.py")
-    capture = _module("coi_fixture_nflog_capture", NFLOG / "capture.py")
+    netlab = load_module("coi_fixture_netlab", WIRE / "netlab.py")
+    capture = load_module("coi_fixture_nflog_capture", NFLOG / "capture.py")
     group = capture.GROUP_B + 100
     rules = f"""
 table inet coi_fx_ans {{

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import socket
 import struct
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.wire_fixtures import load_module, read_hex
 
 from coi_watch.errors import WireError
 from coi_watch.wire import dns, nflog, packet
@@ -35,22 +33,13 @@ FIXTURES = WIRE / "nflog"
 GOLDEN = sorted(p.stem for p in FIXTURES.glob("*.hex"))
 
 
-def _module(name: str, path: Path) -> ModuleType:
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
 
 
-CAPTURE = _module("coi_fixture_nflog_capture", FIXTURES / "capture.py")
+CAPTURE = load_module("coi_fixture_nflog_capture", FIXTURES / "capture.py")
 
 
 def frame(name: str) -> bytes:
-    lines = (FIXTURES / f"{name}.hex").read_text().splitlines()
-    return bytes.fromhex("".join(ln for ln in lines if not ln.startswith("#")))
+    return read_hex(FIXTURES / f"{name}.hex")
 
 
 FRAMES = [frame(n) for n in GOLDEN]
@@ -478,7 +467,7 @@ def test_fast_pipeline_agrees_on_every_fixture(buf: bytes) -> None:
 
 @pytest.mark.privileged
 def test_live_nflog_socket_in_a_throwaway_netns() -> None:
-    netlab = _module("coi_fixture_netlab", WIRE / "netlab.py")
+    netlab = load_module("coi_fixture_netlab", WIRE / "netlab.py")
     with netlab.NetLab() as lab:
         lab.nft(lab.ns_a, CAPTURE.RULES_A)
         with lab.nflog(lab.ns_a, CAPTURE.GROUP_A) as (sock, acks):

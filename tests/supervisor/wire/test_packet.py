@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import socket
 import struct
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.wire_fixtures import load_module, read_hex
 
 from coi_watch.errors import WireError
 from coi_watch.wire import nflog
@@ -31,19 +29,10 @@ WIRE = Path(__file__).resolve().parents[2] / "fixtures" / "wire"
 NFLOG = WIRE / "nflog"
 
 
-def _module(name: str, path: Path) -> ModuleType:
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
 
 
 def _frame(path: Path) -> bytes:
-    lines = path.read_text().splitlines()
-    return bytes.fromhex("".join(ln for ln in lines if not ln.startswith("#")))
+    return read_hex(path)
 
 
 # Every captured packet with the IP view the capture recorded for it.
@@ -391,8 +380,8 @@ def test_fuzz_peek_ip_agrees_on_header_fields(
 
 @pytest.mark.privileged
 def test_live_syns_through_nflog() -> None:
-    netlab = _module("coi_fixture_netlab", WIRE / "netlab.py")
-    capture = _module("coi_fixture_nflog_capture", NFLOG / "capture.py")
+    netlab = load_module("coi_fixture_netlab", WIRE / "netlab.py")
+    capture = load_module("coi_fixture_nflog_capture", NFLOG / "capture.py")
     with netlab.NetLab() as lab:
         lab.nft(lab.ns_a, capture.RULES_A)
         with lab.nflog(lab.ns_a, capture.GROUP_A) as (sock, _):
