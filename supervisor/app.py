@@ -28,11 +28,10 @@ import functools
 import inspect
 import os
 import signal
-import sys
 import time
 import traceback
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +84,6 @@ class SupervisorOptions:
     follow: bool = True
     exit_when_released: bool = False
     """``coi-watch attach``: stop once the named containers have all stopped."""
-    extra_detectors: Mapping[str, Callable[[], Any]] = field(default_factory=dict)
 
 
 class Supervisor:
@@ -172,7 +170,6 @@ class Supervisor:
             except Exception as exc:
                 raise ConfigError(f"detector {name}: {exc}") from exc
             factories[name] = functools.partial(cls, cfg)
-        factories.update(self.options.extra_detectors)
         return factories
 
     def _responders(self) -> dict[Action, Responder]:
@@ -598,8 +595,3 @@ class Supervisor:
                 if t in tasks and t.done():
                     t.result()  # re-raises the source's error
                     raise SourceError(f"source task {t.get_name()} ended before it was ready")
-
-    @staticmethod
-    def warn(msg: str) -> None:
-        """Print a warning on stderr."""
-        print(f"coi-watch: warning: {msg}", file=sys.stderr)
